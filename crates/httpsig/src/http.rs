@@ -1,0 +1,1 @@
+//! Adapters for `http::Request` / `http::Response` (feature `http`).
