@@ -55,7 +55,8 @@ impl SignatureRequest {
     }
 
     fn push(&mut self, name: &str, v: BareItem) -> Result<Self, Error> {
-        sfv::KeyRef::from_str(name).map_err(|_| Error::malformed(format!("{name:?} is not a parameter name")))?;
+        sfv::KeyRef::from_str(name)
+            .map_err(|_| Error::malformed(format!("{name:?} is not a parameter name")))?;
         if self.params.iter().any(|(k, _)| k == name) {
             return Err(Error::new(Reason::DuplicateParameter, name.to_owned()));
         }
@@ -107,20 +108,28 @@ impl SignatureRequest {
                 ("expires", _) if bare_true => BareItem::Integer(int(now.saturating_add(300))?),
                 ("nonce", BareItem::String(s)) => BareItem::String(s.clone()),
                 ("nonce", _) if bare_true => {
-                    let n = nonce.map(str::to_owned).unwrap_or_else(crate::sign::random_nonce);
-                    BareItem::String(sfv::String::from_string(n).map_err(|_| Error::malformed("bad nonce"))?)
+                    let n = nonce
+                        .map(str::to_owned)
+                        .unwrap_or_else(crate::sign::random_nonce);
+                    BareItem::String(
+                        sfv::String::from_string(n).map_err(|_| Error::malformed("bad nonce"))?,
+                    )
                 }
                 ("keyid", BareItem::String(s)) => {
                     if s.as_str() != key_id {
                         return Err(Error::new(
                             Reason::KeyIdMismatch,
-                            format!("keyid {:?} requested, signing key is {key_id:?}", s.as_str()),
+                            format!(
+                                "keyid {:?} requested, signing key is {key_id:?}",
+                                s.as_str()
+                            ),
                         ));
                     }
                     v.clone()
                 }
                 ("keyid", _) if bare_true => BareItem::String(
-                    sfv::String::from_string(key_id.to_owned()).map_err(|_| Error::malformed("bad keyid"))?,
+                    sfv::String::from_string(key_id.to_owned())
+                        .map_err(|_| Error::malformed("bad keyid"))?,
                 ),
                 ("alg", BareItem::String(s)) => {
                     if s.as_str() != alg.name() {
@@ -129,11 +138,14 @@ impl SignatureRequest {
                     v.clone()
                 }
                 ("alg", _) if bare_true => BareItem::String(
-                    sfv::String::from_string(alg.name().to_owned()).map_err(|_| Error::malformed("bad alg"))?,
+                    sfv::String::from_string(alg.name().to_owned())
+                        .map_err(|_| Error::malformed("bad alg"))?,
                 ),
                 ("tag", BareItem::String(_)) => v.clone(),
                 ("expires" | "nonce" | "keyid" | "alg" | "tag", _) => {
-                    return Err(Error::malformed(format!("cannot honour requested parameter {k:?}")))
+                    return Err(Error::malformed(format!(
+                        "cannot honour requested parameter {k:?}"
+                    )))
                 }
                 _ => v.clone(),
             };
@@ -151,7 +163,8 @@ impl SignatureRequest {
         key: &dyn Signer,
         now: i64,
     ) -> Result<crate::Signature, Error> {
-        let params = self.params_for(now, None, key.key_id().unwrap_or_default(), key.algorithm())?;
+        let params =
+            self.params_for(now, None, key.key_id().unwrap_or_default(), key.algorithm())?;
         crate::sign(message, related, &self.label, params, key)
     }
 }
@@ -165,12 +178,17 @@ pub fn parse_accept_signature(value: &str) -> Result<Vec<SignatureRequest>, Erro
     let dict = sf::parse_dictionary(value.as_bytes())
         .map_err(|e| Error::malformed(format!("Accept-Signature: {e}")))?;
     if let Some(dup) = sf::first_duplicate(dict.iter().map(|(k, _)| k.as_str())) {
-        return Err(Error::new(Reason::DuplicateLabel, format!("label {dup:?} repeated")));
+        return Err(Error::new(
+            Reason::DuplicateLabel,
+            format!("label {dup:?} repeated"),
+        ));
     }
     dict.into_iter()
         .map(|(label, entry)| {
             let SfEntry::Inner(items, params) = entry else {
-                return Err(Error::malformed("an Accept-Signature member must be an inner list"));
+                return Err(Error::malformed(
+                    "an Accept-Signature member must be an inner list",
+                ));
             };
             let components = items
                 .iter()
@@ -180,7 +198,11 @@ pub fn parse_accept_signature(value: &str) -> Result<Vec<SignatureRequest>, Erro
                 return Err(Error::new(Reason::DuplicateParameter, dup.to_owned()));
             }
             SignatureParams::new(components.clone())?;
-            Ok(SignatureRequest { label, components, params })
+            Ok(SignatureRequest {
+                label,
+                components,
+                params,
+            })
         })
         .collect()
 }

@@ -76,6 +76,11 @@ impl FromStr for Algorithm {
         Algorithm::ALL
             .into_iter()
             .find(|a| a.name() == s)
-            .ok_or_else(|| Error::new(Reason::UnsupportedAlgorithm, format!("unknown algorithm {s:?}")))
+            .ok_or_else(|| {
+                Error::new(
+                    Reason::UnsupportedAlgorithm,
+                    format!("unknown algorithm {s:?}"),
+                )
+            })
     }
 }

@@ -127,7 +127,10 @@ fn derived_value(
 ) -> Result<(), Error> {
     if d == Derived::Status {
         let s = m.status().ok_or_else(|| {
-            Error::new(Reason::InvalidComponent, "@status applies to responses only")
+            Error::new(
+                Reason::InvalidComponent,
+                "@status applies to responses only",
+            )
         })?;
         if !(100..=999).contains(&s) {
             return Err(missing(c, "status code is not three digits"));
@@ -245,7 +248,10 @@ fn reencode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => decoded.push(b' '),
-            b'%' if i + 2 < bytes.len() && hex(bytes[i + 1]).is_some() && hex(bytes[i + 2]).is_some() => {
+            b'%' if i + 2 < bytes.len()
+                && hex(bytes[i + 1]).is_some()
+                && hex(bytes[i + 2]).is_some() =>
+            {
                 decoded.push(hex(bytes[i + 1]).unwrap_or(0) * 16 + hex(bytes[i + 2]).unwrap_or(0));
                 i += 2;
             }
@@ -316,7 +322,10 @@ fn field_value(
     let combined = lines.join(&b", "[..]);
     if let Some(key) = c.dict_key() {
         let dict: sfv::Dictionary = sfv::Parser::new(&combined).parse().map_err(|e| {
-            Error::new(Reason::MissingComponent, format!("{c}: the field is not a Dictionary: {e}"))
+            Error::new(
+                Reason::MissingComponent,
+                format!("{c}: the field is not a Dictionary: {e}"),
+            )
         })?;
         let member = dict
             .get(key)
@@ -358,7 +367,10 @@ mod tests {
 
     #[test]
     fn reencodes_query_params() {
-        assert_eq!(reencode("this%20is%20a%20big%0Amultiline%20value"), "this%20is%20a%20big%0Amultiline%20value");
+        assert_eq!(
+            reencode("this%20is%20a%20big%0Amultiline%20value"),
+            "this%20is%20a%20big%0Amultiline%20value"
+        );
         assert_eq!(reencode("with+plus+whitespace"), "with%20plus%20whitespace");
         assert_eq!(reencode("fa%C3%A7ade%22%3A%20"), "fa%C3%A7ade%22%3A%20");
         assert_eq!(reencode("100%"), "100%25");

@@ -105,13 +105,18 @@ pub struct Component {
 impl Component {
     /// A derived component without parameters. `@query-param` needs [`Component::query_param`].
     pub fn derived(d: Derived) -> Self {
-        Self::build(ComponentName::Derived(d), Vec::new()).expect("a plain derived component is valid")
+        Self::build(ComponentName::Derived(d), Vec::new())
+            .expect("a plain derived component is valid")
     }
 
     /// `@query-param` with the given (already percent-encoded, RFC 9421 2.2.8) name.
     pub fn query_param(name: &str) -> Result<Self, Error> {
-        let s = sfv::String::from_string(name.to_owned())
-            .map_err(|_| Error::new(Reason::InvalidComponent, "query parameter name is not an sf-string"))?;
+        let s = sfv::String::from_string(name.to_owned()).map_err(|_| {
+            Error::new(
+                Reason::InvalidComponent,
+                "query parameter name is not an sf-string",
+            )
+        })?;
         Self::build(
             ComponentName::Derived(Derived::QueryParam),
             vec![("name".to_owned(), BareItem::String(s))],
@@ -145,8 +150,12 @@ impl Component {
 
     /// This component with `;key="member"` added (a Dictionary member).
     pub fn key(self, member: &str) -> Result<Self, Error> {
-        let s = sfv::String::from_string(member.to_owned())
-            .map_err(|_| Error::new(Reason::InvalidComponent, "dictionary key is not an sf-string"))?;
+        let s = sfv::String::from_string(member.to_owned()).map_err(|_| {
+            Error::new(
+                Reason::InvalidComponent,
+                "dictionary key is not an sf-string",
+            )
+        })?;
         self.with_param("key", BareItem::String(s))
     }
 
@@ -174,7 +183,10 @@ impl Component {
         let name = name.as_str();
         let cname = if name.starts_with('@') {
             ComponentName::Derived(Derived::from_name(name).ok_or_else(|| {
-                Error::new(Reason::InvalidComponent, format!("unknown derived component {name:?}"))
+                Error::new(
+                    Reason::InvalidComponent,
+                    format!("unknown derived component {name:?}"),
+                )
             })?)
         } else {
             if name.is_empty() || name.bytes().any(|b| !is_field_name_char(b)) {
@@ -224,7 +236,9 @@ impl Component {
             }
         }
         if c.bs && (c.sf || c.key.is_some()) {
-            return Err(invalid("bs cannot be combined with sf or key (RFC 9421 2.1.3)".into()));
+            return Err(invalid(
+                "bs cannot be combined with sf or key (RFC 9421 2.1.3)".into(),
+            ));
         }
         if c.name == ComponentName::Derived(Derived::QueryParam) && c.param_name.is_none() {
             return Err(invalid("@query-param needs a name parameter".into()));
@@ -309,7 +323,10 @@ impl FromStr for Component {
         let s = s.trim();
         if s.starts_with('"') {
             let item = sf::parse_item(s.as_bytes()).map_err(|e| {
-                Error::new(Reason::InvalidComponent, format!("{s:?} is not a component identifier: {e}"))
+                Error::new(
+                    Reason::InvalidComponent,
+                    format!("{s:?} is not a component identifier: {e}"),
+                )
             })?;
             Component::from_sf_item(&item)
         } else if let Some(d) = s.strip_prefix('@').and_then(|_| Derived::from_name(s)) {
@@ -321,12 +338,18 @@ impl FromStr for Component {
             }
             Ok(Component::derived(d))
         } else if s.starts_with('@') {
-            Err(Error::new(Reason::InvalidComponent, format!("unknown derived component {s:?}")))
+            Err(Error::new(
+                Reason::InvalidComponent,
+                format!("unknown derived component {s:?}"),
+            ))
         } else {
             let lower = s.to_ascii_lowercase();
             let item = SfItem {
                 bare: BareItem::String(sfv::String::from_string(lower).map_err(|_| {
-                    Error::new(Reason::InvalidComponent, format!("{s:?} is not a field name"))
+                    Error::new(
+                        Reason::InvalidComponent,
+                        format!("{s:?} is not a field name"),
+                    )
                 })?),
                 params: Vec::new(),
             };
@@ -345,8 +368,14 @@ mod tests {
 
     #[test]
     fn parses_and_serialises_in_received_order() {
-        assert_eq!(p(r#""example-dict";req;key="a""#).unwrap().as_str(), r#""example-dict";req;key="a""#);
-        assert_eq!(p(r#""example-dict";key="a";req"#).unwrap().as_str(), r#""example-dict";key="a";req"#);
+        assert_eq!(
+            p(r#""example-dict";req;key="a""#).unwrap().as_str(),
+            r#""example-dict";req;key="a""#
+        );
+        assert_eq!(
+            p(r#""example-dict";key="a";req"#).unwrap().as_str(),
+            r#""example-dict";key="a";req"#
+        );
         assert_eq!(p("@Method").unwrap_err().reason(), Reason::InvalidComponent);
         assert_eq!(p("@method").unwrap().as_derived(), Some(Derived::Method));
     }
@@ -375,8 +404,16 @@ mod tests {
 
     #[test]
     fn builders_keep_order() {
-        let c = Component::field("Example-Dict").unwrap().key("b").unwrap().req().unwrap();
+        let c = Component::field("Example-Dict")
+            .unwrap()
+            .key("b")
+            .unwrap()
+            .req()
+            .unwrap();
         assert_eq!(c.as_str(), r#""example-dict";key="b";req"#);
-        assert_eq!(Component::query_param("Pet").unwrap().as_str(), r#""@query-param";name="Pet""#);
+        assert_eq!(
+            Component::query_param("Pet").unwrap().as_str(),
+            r#""@query-param";name="Pet""#
+        );
     }
 }

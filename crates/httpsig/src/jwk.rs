@@ -142,8 +142,16 @@ impl Jwk {
     fn from_value(v: serde_json::Value) -> Result<Self, Error> {
         let jwk: Jwk =
             serde_json::from_value(v).map_err(|e| Error::invalid_key(format!("not a JWK: {e}")))?;
-        jwk.algorithm()?;
-        Ok(jwk)
+        match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+            ("OKP", Some("Ed25519"))
+            | ("EC", Some("P-256" | "P-384"))
+            | ("RSA", _)
+            | ("oct", _) => Ok(jwk),
+            (kty, crv) => Err(Error::new(
+                Reason::UnsupportedAlgorithm,
+                format!("unsupported JWK kty {kty:?} crv {crv:?}"),
+            )),
+        }
     }
 
     /// Serialises as compact JSON.
@@ -162,7 +170,10 @@ impl Jwk {
     pub fn algorithm(&self) -> Result<Algorithm, Error> {
         let alg = self.alg.as_deref();
         let mismatch = |want: &str| {
-            Error::invalid_key(format!("JWK alg {:?} does not fit a {want} key", alg.unwrap_or_default()))
+            Error::invalid_key(format!(
+                "JWK alg {:?} does not fit a {want} key",
+                alg.unwrap_or_default()
+            ))
         };
         let check = |a: Algorithm| match alg {
             None => Ok(a),
@@ -198,16 +209,25 @@ impl Jwk {
             None => self.algorithm(),
             Some(a) => {
                 let fits = match a {
-                    Algorithm::Ed25519 => self.kty == "OKP" && self.crv.as_deref() == Some("Ed25519"),
-                    Algorithm::EcdsaP256Sha256 => self.kty == "EC" && self.crv.as_deref() == Some("P-256"),
-                    Algorithm::EcdsaP384Sha384 => self.kty == "EC" && self.crv.as_deref() == Some("P-384"),
+                    Algorithm::Ed25519 => {
+                        self.kty == "OKP" && self.crv.as_deref() == Some("Ed25519")
+                    }
+                    Algorithm::EcdsaP256Sha256 => {
+                        self.kty == "EC" && self.crv.as_deref() == Some("P-256")
+                    }
+                    Algorithm::EcdsaP384Sha384 => {
+                        self.kty == "EC" && self.crv.as_deref() == Some("P-384")
+                    }
                     Algorithm::RsaPssSha512 | Algorithm::RsaV15Sha256 => self.kty == "RSA",
                     Algorithm::HmacSha256 => self.kty == "oct",
                 };
                 if fits {
                     Ok(a)
                 } else {
-                    Err(Error::invalid_key(format!("a {} JWK cannot be used for {a}", self.kty)))
+                    Err(Error::invalid_key(format!(
+                        "a {} JWK cannot be used for {a}",
+                        self.kty
+                    )))
                 }
             }
         }
@@ -217,7 +237,9 @@ impl Jwk {
     /// public part.
     pub fn public(&self) -> Result<Jwk, Error> {
         if self.kty == "oct" {
-            return Err(Error::invalid_key("a symmetric (oct) key has no public form"));
+            return Err(Error::invalid_key(
+                "a symmetric (oct) key has no public form",
+            ));
         }
         let mut p = self.clone();
         p.d = None;
@@ -282,7 +304,8 @@ impl Jwk {
             #[cfg(feature = "rsa")]
             Algorithm::RsaPssSha512 | Algorithm::RsaV15Sha256 => {
                 use rsa::BigUint;
-                let big = |f: &Option<String>, n: &str| b64(f, n).map(|b| BigUint::from_bytes_be(&b));
+                let big =
+                    |f: &Option<String>, n: &str| b64(f, n).map(|b| BigUint::from_bytes_be(&b));
                 let mut k = rsa::RsaPrivateKey::from_components(
                     big(&self.n, "n")?,
                     big(&self.e, "e")?,
@@ -290,12 +313,16 @@ impl Jwk {
                     vec![big(&self.p, "p")?, big(&self.q, "q")?],
                 )
                 .map_err(|_| Error::invalid_key("inconsistent RSA JWK"))?;
-                k.precompute().map_err(|_| Error::invalid_key("inconsistent RSA JWK"))?;
+                k.precompute()
+                    .map_err(|_| Error::invalid_key("inconsistent RSA JWK"))?;
                 SigningKey::rsa(k, alg)?
             }
             #[allow(unreachable_patterns)]
             other => {
-                return Err(Error::new(Reason::UnsupportedAlgorithm, format!("{other} not compiled in")))
+                return Err(Error::new(
+                    Reason::UnsupportedAlgorithm,
+                    format!("{other} not compiled in"),
+                ))
             }
         };
         if alg != Algorithm::HmacSha256 {
@@ -304,7 +331,9 @@ impl Jwk {
             let given_public = (self.x.is_some() || self.n.is_some()).then(|| self.thumbprint());
             if let Some(t) = given_public {
                 if t? != derived.thumbprint()? {
-                    return Err(Error::invalid_key("the JWK's public and private members do not match"));
+                    return Err(Error::invalid_key(
+                        "the JWK's public and private members do not match",
+                    ));
                 }
             }
         }
@@ -339,12 +368,16 @@ impl Jwk {
                 use rsa::BigUint;
                 let n = BigUint::from_bytes_be(&b64(&self.n, "n")?);
                 let e = BigUint::from_bytes_be(&b64(&self.e, "e")?);
-                let k = rsa::RsaPublicKey::new(n, e).map_err(|_| Error::invalid_key("invalid RSA public key"))?;
+                let k = rsa::RsaPublicKey::new(n, e)
+                    .map_err(|_| Error::invalid_key("invalid RSA public key"))?;
                 VerifyingKey::rsa(k, alg)?
             }
             #[allow(unreachable_patterns)]
             other => {
-                return Err(Error::new(Reason::UnsupportedAlgorithm, format!("{other} not compiled in")))
+                return Err(Error::new(
+                    Reason::UnsupportedAlgorithm,
+                    format!("{other} not compiled in"),
+                ))
             }
         };
         Ok(match &self.kid {

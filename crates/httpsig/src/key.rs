@@ -96,9 +96,13 @@ impl SigningKey {
     /// An HMAC-SHA256 shared secret (at least 32 bytes, RFC 9421 3.3.3 / RFC 2104).
     pub fn hmac_sha256(secret: &[u8]) -> Result<Self, Error> {
         if secret.len() < 32 {
-            return Err(Error::invalid_key("an hmac-sha256 secret must be at least 32 bytes"));
+            return Err(Error::invalid_key(
+                "an hmac-sha256 secret must be at least 32 bytes",
+            ));
         }
-        Ok(Self::from_inner(SigningInner::Hmac(Zeroizing::new(secret.to_vec()))))
+        Ok(Self::from_inner(SigningInner::Hmac(Zeroizing::new(
+            secret.to_vec(),
+        ))))
     }
 
     /// An RSA key for `rsa-pss-sha512` or `rsa-v1_5-sha256`.
@@ -108,15 +112,22 @@ impl SigningKey {
         if key.size() < 256 {
             return Err(Error::invalid_key("RSA keys must be at least 2048 bits"));
         }
-        key.validate().map_err(|_| Error::invalid_key("inconsistent RSA private key"))?;
+        key.validate()
+            .map_err(|_| Error::invalid_key("inconsistent RSA private key"))?;
         let inner = match alg {
-            Algorithm::RsaPssSha512 => SigningInner::RsaPss(Box::new(
-                rsa::pss::SigningKey::<sha2::Sha512>::new_with_salt_len(key, 64),
-            )),
+            Algorithm::RsaPssSha512 => {
+                SigningInner::RsaPss(Box::new(
+                    rsa::pss::SigningKey::<sha2::Sha512>::new_with_salt_len(key, 64),
+                ))
+            }
             Algorithm::RsaV15Sha256 => {
                 SigningInner::RsaV15(Box::new(rsa::pkcs1v15::SigningKey::<Sha256>::new(key)))
             }
-            other => return Err(Error::invalid_key(format!("an RSA key cannot be used for {other}"))),
+            other => {
+                return Err(Error::invalid_key(format!(
+                    "an RSA key cannot be used for {other}"
+                )))
+            }
         };
         Ok(Self::from_inner(inner))
     }
@@ -169,7 +180,10 @@ impl SigningKey {
     }
 
     fn from_inner(inner: SigningInner) -> Self {
-        SigningKey { inner, key_id: None }
+        SigningKey {
+            inner,
+            key_id: None,
+        }
     }
 
     /// Sets the key identifier (builder style).
@@ -209,12 +223,12 @@ impl SigningKey {
             Algorithm::Ed25519 => Self::from_inner(SigningInner::Ed25519(Box::new(
                 ed25519_dalek::SigningKey::generate(&mut OsRng),
             ))),
-            Algorithm::EcdsaP256Sha256 => {
-                Self::from_inner(SigningInner::P256(p256::ecdsa::SigningKey::random(&mut OsRng)))
-            }
-            Algorithm::EcdsaP384Sha384 => {
-                Self::from_inner(SigningInner::P384(p384::ecdsa::SigningKey::random(&mut OsRng)))
-            }
+            Algorithm::EcdsaP256Sha256 => Self::from_inner(SigningInner::P256(
+                p256::ecdsa::SigningKey::random(&mut OsRng),
+            )),
+            Algorithm::EcdsaP384Sha384 => Self::from_inner(SigningInner::P384(
+                p384::ecdsa::SigningKey::random(&mut OsRng),
+            )),
             Algorithm::HmacSha256 => {
                 let mut s = Zeroizing::new(vec![0u8; 32]);
                 OsRng.fill_bytes(&mut s);
@@ -274,7 +288,9 @@ impl SigningKey {
 fn rsa_alg(alg: Option<Algorithm>) -> Result<Algorithm, Error> {
     match alg {
         Some(a @ (Algorithm::RsaPssSha512 | Algorithm::RsaV15Sha256)) => Ok(a),
-        Some(a) => Err(Error::invalid_key(format!("an RSA key cannot be used for {a}"))),
+        Some(a) => Err(Error::invalid_key(format!(
+            "an RSA key cannot be used for {a}"
+        ))),
         None => Err(Error::invalid_key(
             "an RSA key needs an algorithm: rsa-pss-sha512 or rsa-v1_5-sha256",
         )),
@@ -403,7 +419,11 @@ impl VerifyingKey {
             Algorithm::RsaV15Sha256 => {
                 VerifyingInner::RsaV15(Box::new(rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)))
             }
-            other => return Err(Error::invalid_key(format!("an RSA key cannot be used for {other}"))),
+            other => {
+                return Err(Error::invalid_key(format!(
+                    "an RSA key cannot be used for {other}"
+                )))
+            }
         };
         Ok(Self::from_inner(inner))
     }
@@ -444,7 +464,10 @@ impl VerifyingKey {
     }
 
     fn from_inner(inner: VerifyingInner) -> Self {
-        VerifyingKey { inner, key_id: None }
+        VerifyingKey {
+            inner,
+            key_id: None,
+        }
     }
 
     /// Sets the key identifier (builder style).

@@ -97,4 +97,7 @@ pub use params::{
     SignatureParams,
 };
 pub use sign::{random_nonce, sign, Signature};
-pub use verify::{signatures, verify, verify_signature, KeySet, KeySource, NonceCheck, Policy, Verified};
+pub use verify::{
+    signatures, verify, verify_signature, KeySet, KeySource, LabelledEntry, NonceCheck, Policy,
+    SignatureEntry, Verified,
+};

@@ -101,8 +101,8 @@ pub struct Message {
     start: Start,
     version: String,
     scheme: String,
-    fields: Vec<(String, Vec<u8>)>,
-    trailers: Vec<(String, Vec<u8>)>,
+    fields: Fields,
+    trailers: Fields,
     /// The body as transmitted (still chunked if it was).
     raw_body: Vec<u8>,
     /// The decoded content.
@@ -133,7 +133,9 @@ impl Message {
     /// A response with the given status code.
     pub fn response(status: u16) -> Result<Self, Error> {
         if !(100..=999).contains(&status) {
-            return Err(Error::malformed(format!("status {status} is not three digits")));
+            return Err(Error::malformed(format!(
+                "status {status} is not three digits"
+            )));
         }
         Ok(Message {
             start: Start::Response {
@@ -229,13 +231,15 @@ impl Message {
     pub fn parse(input: &[u8]) -> Result<Self, Error> {
         let crlf = input.windows(2).any(|w| w == b"\r\n");
         let mut pos = 0;
-        let start_line = next_line(input, &mut pos)
-            .ok_or_else(|| Error::malformed("empty message"))?;
+        let start_line =
+            next_line(input, &mut pos).ok_or_else(|| Error::malformed("empty message"))?;
         let start_line = std::str::from_utf8(start_line)
             .map_err(|_| Error::malformed("start line is not UTF-8"))?;
         let mut parts = start_line.splitn(3, ' ');
         let first = parts.next().unwrap_or_default();
-        let second = parts.next().ok_or_else(|| Error::malformed("start line has no target or status"))?;
+        let second = parts
+            .next()
+            .ok_or_else(|| Error::malformed("start line has no target or status"))?;
         let third = parts.next();
         let (start, version) = if first.starts_with("HTTP/") {
             let status: u16 = second
@@ -251,7 +255,8 @@ impl Message {
                 first.to_owned(),
             )
         } else {
-            let version = third.ok_or_else(|| Error::malformed("request line has no HTTP version"))?;
+            let version =
+                third.ok_or_else(|| Error::malformed("request line has no HTTP version"))?;
             if !version.starts_with("HTTP/") {
                 return Err(Error::malformed(format!("bad HTTP version {version:?}")));
             }
@@ -274,9 +279,11 @@ impl Message {
             raw_body,
             crlf,
         };
-        let chunked = m
-            .header("transfer-encoding")
-            .is_some_and(|te| te.to_ascii_lowercase().split(',').any(|t| t.trim() == "chunked"));
+        let chunked = m.header("transfer-encoding").is_some_and(|te| {
+            te.to_ascii_lowercase()
+                .split(',')
+                .any(|t| t.trim() == "chunked")
+        });
         if chunked {
             let (body, trailers) = dechunk(&m.raw_body)?;
             m.body = body;
@@ -333,7 +340,11 @@ fn parse_request_target(method: &str, target: &str) -> Result<Start, Error> {
     } else if target == "*" {
         (None, None, None, false)
     } else if let Some((scheme, rest)) = target.split_once("://") {
-        if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        {
             return Err(bad());
         }
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -341,7 +352,12 @@ fn parse_request_target(method: &str, target: &str) -> Result<Start, Error> {
         let pq = pq.split('#').next().unwrap_or_default();
         let (p, q) = split_query(pq);
         let p = if p.is_empty() { "/" } else { p };
-        (Some(p.to_owned()), q.map(str::to_owned), Some(auth.to_owned()), false)
+        (
+            Some(p.to_owned()),
+            q.map(str::to_owned),
+            Some(auth.to_owned()),
+            false,
+        )
     } else if method.eq_ignore_ascii_case("CONNECT") && target.contains(':') {
         (None, None, Some(target.to_owned()), false)
     } else {
@@ -382,7 +398,7 @@ fn next_line<'a>(input: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     Some(line.strip_suffix(b"\r").unwrap_or(line))
 }
 
-fn read_fields(input: &[u8], pos: &mut usize, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), Error> {
+fn read_fields(input: &[u8], pos: &mut usize, out: &mut Fields) -> Result<(), Error> {
     while let Some(line) = next_line(input, pos) {
         if line.is_empty() {
             return Ok(());
@@ -413,11 +429,14 @@ fn read_fields(input: &[u8], pos: &mut usize, out: &mut Vec<(String, Vec<u8>)>) 
     Ok(())
 }
 
-fn dechunk(raw: &[u8]) -> Result<(Vec<u8>, Vec<(String, Vec<u8>)>), Error> {
+type Fields = Vec<(String, Vec<u8>)>;
+
+fn dechunk(raw: &[u8]) -> Result<(Vec<u8>, Fields), Error> {
     let mut body = Vec::new();
     let mut pos = 0;
     loop {
-        let line = next_line(raw, &mut pos).ok_or_else(|| Error::malformed("chunked body ends early"))?;
+        let line =
+            next_line(raw, &mut pos).ok_or_else(|| Error::malformed("chunked body ends early"))?;
         let size_str = std::str::from_utf8(line)
             .ok()
             .map(|l| l.split(';').next().unwrap_or_default().trim())
@@ -446,8 +465,14 @@ fn dechunk(raw: &[u8]) -> Result<(Vec<u8>, Vec<(String, Vec<u8>)>), Error> {
 
 /// Trims optional whitespace (SP / HTAB) at both ends (RFC 9110 5.5).
 pub(crate) fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
-    let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -532,11 +557,16 @@ mod tests {
 
     #[test]
     fn parses_request_forms() {
-        let m = Message::parse(b"GET https://www.example.com/path?param=value HTTP/1.1\n\n").unwrap();
+        let m =
+            Message::parse(b"GET https://www.example.com/path?param=value HTTP/1.1\n\n").unwrap();
         assert_eq!(m.authority(), Some("www.example.com"));
         assert_eq!(m.path(), Some("/path"));
-        assert_eq!(m.request_target(), Some("https://www.example.com/path?param=value"));
-        let m = Message::parse(b"CONNECT www.example.com:80 HTTP/1.1\nHost: www.example.com\n").unwrap();
+        assert_eq!(
+            m.request_target(),
+            Some("https://www.example.com/path?param=value")
+        );
+        let m = Message::parse(b"CONNECT www.example.com:80 HTTP/1.1\nHost: www.example.com\n")
+            .unwrap();
         assert_eq!(m.path(), None);
         assert_eq!(m.request_target(), Some("www.example.com:80"));
         let m = Message::parse(b"OPTIONS * HTTP/1.1\nHost: a\n").unwrap();
@@ -549,7 +579,10 @@ mod tests {
         assert_eq!(m.header("x").unwrap(), "a");
         assert_eq!(m.header("y").unwrap(), "b c");
         assert_eq!(m.body(), b"body");
-        assert_eq!(m.to_bytes(), b"HTTP/1.1 200 OK\r\nX: a\r\nY: b c\r\n\r\nbody");
+        assert_eq!(
+            m.to_bytes(),
+            b"HTTP/1.1 200 OK\r\nX: a\r\nY: b c\r\n\r\nbody"
+        );
     }
 
     #[test]
@@ -579,7 +612,11 @@ mod tests {
             b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\nffffffffffffffffff\n",
             b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n10\nab\n",
         ] {
-            assert!(Message::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                Message::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

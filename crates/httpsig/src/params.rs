@@ -53,7 +53,9 @@ impl SignatureParams {
                 _ => true, // extension parameters are kept and covered as received
             };
             if !ok {
-                return Err(Error::malformed(format!("signature parameter {k:?} has the wrong type")));
+                return Err(Error::malformed(format!(
+                    "signature parameter {k:?} has the wrong type"
+                )));
             }
         }
         let mut s = String::with_capacity(32 * (components.len() + 1));
@@ -75,7 +77,9 @@ impl SignatureParams {
 
     pub(crate) fn from_entry(entry: &SfEntry) -> Result<Self, Error> {
         let SfEntry::Inner(items, params) = entry else {
-            return Err(Error::malformed("a Signature-Input member must be an inner list"));
+            return Err(Error::malformed(
+                "a Signature-Input member must be an inner list",
+            ));
         };
         let components = items
             .iter()
@@ -102,12 +106,14 @@ impl SignatureParams {
 
     /// Adds `created` (builder style).
     pub fn with_created(self, unix: i64) -> Result<Self, Error> {
-        let i = sfv::Integer::try_from(unix).map_err(|_| Error::malformed("created out of range"))?;
+        let i =
+            sfv::Integer::try_from(unix).map_err(|_| Error::malformed("created out of range"))?;
         self.set("created", BareItem::Integer(i))
     }
     /// Adds `expires` (builder style).
     pub fn with_expires(self, unix: i64) -> Result<Self, Error> {
-        let i = sfv::Integer::try_from(unix).map_err(|_| Error::malformed("expires out of range"))?;
+        let i =
+            sfv::Integer::try_from(unix).map_err(|_| Error::malformed("expires out of range"))?;
         self.set("expires", BareItem::Integer(i))
     }
     /// Adds `nonce` (builder style).
@@ -156,16 +162,22 @@ impl SignatureParams {
     }
 
     fn get_str(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(|v| v.as_string()).map(|s| s.as_str())
+        self.get(name)
+            .and_then(|v| v.as_string())
+            .map(|s| s.as_str())
     }
 
     /// `created`, in seconds since the epoch.
     pub fn created(&self) -> Option<i64> {
-        self.get("created").and_then(|v| v.as_integer()).map(i64::from)
+        self.get("created")
+            .and_then(|v| v.as_integer())
+            .map(i64::from)
     }
     /// `expires`, in seconds since the epoch.
     pub fn expires(&self) -> Option<i64> {
-        self.get("expires").and_then(|v| v.as_integer()).map(i64::from)
+        self.get("expires")
+            .and_then(|v| v.as_integer())
+            .map(i64::from)
     }
     /// `nonce`.
     pub fn nonce(&self) -> Option<&str> {
@@ -268,9 +280,12 @@ pub fn signature_member(label: &str, signature: &[u8]) -> String {
 
 /// Checks that `label` is a valid dictionary key (RFC 8941 `key`).
 pub(crate) fn check_label(label: &str) -> Result<(), Error> {
-    sfv::KeyRef::from_str(label)
-        .map(|_| ())
-        .map_err(|_| Error::new(Reason::MalformedHeader, format!("{label:?} is not a valid label")))
+    sfv::KeyRef::from_str(label).map(|_| ()).map_err(|_| {
+        Error::new(
+            Reason::MalformedHeader,
+            format!("{label:?} is not a valid label"),
+        )
+    })
 }
 
 #[cfg(test)]

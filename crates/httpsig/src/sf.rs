@@ -41,14 +41,12 @@ pub(crate) fn parse_item(input: &[u8]) -> Result<SfItem, sfv::Error> {
 }
 
 /// The first key that occurs twice in `keys`, if any.
-pub(crate) fn first_duplicate<'a>(mut keys: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
+pub(crate) fn first_duplicate<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
     let all = keys.clone();
-    let mut i = 0;
-    while let Some(k) = keys.next() {
+    for (i, k) in keys.enumerate() {
         if all.clone().skip(i + 1).any(|o| o == k) {
             return Some(k);
         }
-        i += 1;
     }
     None
 }
@@ -278,7 +276,10 @@ mod tests {
     fn duplicates_are_kept_in_order() {
         let d = parse_dictionary(b"a=1, b=(x y);p=1;p=2, a=2").unwrap();
         assert_eq!(d.len(), 3);
-        assert_eq!(first_duplicate(d.iter().map(|(k, _)| k.as_str())), Some("a"));
+        assert_eq!(
+            first_duplicate(d.iter().map(|(k, _)| k.as_str())),
+            Some("a")
+        );
         match &d[1].1 {
             SfEntry::Inner(items, params) => {
                 assert_eq!(items.len(), 2);

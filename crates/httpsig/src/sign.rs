@@ -4,7 +4,9 @@ use crate::base::signature_base;
 use crate::error::{Error, Reason};
 use crate::key::Signer;
 use crate::message::HttpMessage;
-use crate::params::{check_label, parse_signature_input, signature_input_member, signature_member, SignatureParams};
+use crate::params::{
+    check_label, parse_signature_input, signature_input_member, signature_member, SignatureParams,
+};
 
 /// A signature made by [`sign`]: what to add to the message.
 #[derive(Debug, Clone, PartialEq)]

@@ -205,14 +205,25 @@ impl Policy {
             match p.tag() {
                 Some(t) if t == tag => {}
                 Some(t) => {
-                    return Err(Error::new(Reason::TagMismatch, format!("tag {t:?}, expected {tag:?}")))
+                    return Err(Error::new(
+                        Reason::TagMismatch,
+                        format!("tag {t:?}, expected {tag:?}"),
+                    ))
                 }
-                None => return Err(Error::new(Reason::TagMismatch, format!("no tag, expected {tag:?}"))),
+                None => {
+                    return Err(Error::new(
+                        Reason::TagMismatch,
+                        format!("no tag, expected {tag:?}"),
+                    ))
+                }
             }
         }
         let need = |yes: bool, has: bool, name: &str| {
             if yes && !has {
-                Err(Error::new(Reason::MissingParameter, format!("{name} is required")))
+                Err(Error::new(
+                    Reason::MissingParameter,
+                    format!("{name} is required"),
+                ))
             } else {
                 Ok(())
             }
@@ -223,11 +234,17 @@ impl Policy {
         need(self.require_keyid, p.keyid().is_some(), "keyid")?;
         if let Some(created) = p.created() {
             if created > now.saturating_add(self.skew) {
-                return Err(Error::new(Reason::NotYetValid, format!("created {created} is in the future")));
+                return Err(Error::new(
+                    Reason::NotYetValid,
+                    format!("created {created} is in the future"),
+                ));
             }
             if let Some(max) = self.max_age {
                 if now.saturating_sub(created) > max.saturating_add(self.skew) {
-                    return Err(Error::new(Reason::TooOld, format!("created {created} is older than {max} s")));
+                    return Err(Error::new(
+                        Reason::TooOld,
+                        format!("created {created} is older than {max} s"),
+                    ));
                 }
             }
         }
@@ -243,7 +260,10 @@ impl Policy {
                     if expires.saturating_sub(created) > max {
                         return Err(Error::new(
                             Reason::TooOld,
-                            format!("validity {} s exceeds {max} s", expires.saturating_sub(created)),
+                            format!(
+                                "validity {} s exceeds {max} s",
+                                expires.saturating_sub(created)
+                            ),
                         ));
                     }
                 }
@@ -264,17 +284,32 @@ pub struct Verified {
     pub algorithm: Algorithm,
 }
 
+/// One signature found in a message: its label, parameters and bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignatureEntry {
+    /// The label.
+    pub label: String,
+    /// The covered components and parameters, as received.
+    pub params: SignatureParams,
+    /// The signature bytes.
+    pub signature: Vec<u8>,
+}
+
+/// A label and either its signature or why it cannot be used.
+pub type LabelledEntry = (String, Result<SignatureEntry, Error>);
+
 /// The signatures found in a message, label by label, in `Signature-Input` order.
 ///
 /// A label present in `Signature-Input` but not in `Signature` carries
 /// [`Reason::MissingSignature`].
-pub fn signatures<M: HttpMessage + ?Sized>(
-    message: &M,
-) -> Result<Vec<(String, Result<(SignatureParams, Vec<u8>), Error>)>, Error> {
+pub fn signatures<M: HttpMessage + ?Sized>(message: &M) -> Result<Vec<LabelledEntry>, Error> {
     let input = combined(message, "signature-input");
     let sigs = combined(message, "signature");
     let (Some(input), Some(sigs)) = (input, sigs) else {
-        return Err(Error::new(Reason::MissingSignature, "no Signature-Input / Signature fields"));
+        return Err(Error::new(
+            Reason::MissingSignature,
+            "no Signature-Input / Signature fields",
+        ));
     };
     let inputs = parse_signature_input(&input)?;
     let mut sigs = parse_signature(&sigs)?;
@@ -283,7 +318,11 @@ pub fn signatures<M: HttpMessage + ?Sized>(
         .map(|(label, params)| {
             let found = sigs.iter().position(|(l, _)| *l == label);
             let r = match found {
-                Some(i) => Ok((params, std::mem::take(&mut sigs[i].1))),
+                Some(i) => Ok(SignatureEntry {
+                    label: label.clone(),
+                    params,
+                    signature: std::mem::take(&mut sigs[i].1),
+                }),
                 None => Err(Error::new(
                     Reason::MissingSignature,
                     format!("no Signature member for label {label:?}"),
@@ -310,13 +349,16 @@ fn combined<M: HttpMessage + ?Sized>(m: &M, name: &str) -> Option<Vec<u8>> {
 pub fn verify_signature<M: HttpMessage + ?Sized>(
     message: &M,
     related: Option<&dyn HttpMessage>,
-    label: &str,
-    params: &SignatureParams,
-    signature: &[u8],
+    entry: &SignatureEntry,
     keys: &dyn KeySource,
     policy: &Policy,
     now: i64,
 ) -> Result<Verified, Error> {
+    let SignatureEntry {
+        label,
+        params,
+        signature,
+    } = entry;
     let declared = params.alg().map(str::parse::<Algorithm>).transpose()?;
     policy.check_params(params, now)?;
     let key = keys.key_for(label, params)?;
@@ -327,7 +369,10 @@ pub fn verify_signature<M: HttpMessage + ?Sized>(
         }
     }
     if !policy.allowed.contains(&alg) {
-        return Err(Error::new(Reason::AlgorithmNotAllowed, format!("{alg} is not allowed")));
+        return Err(Error::new(
+            Reason::AlgorithmNotAllowed,
+            format!("{alg} is not allowed"),
+        ));
     }
     let base = signature_base(message, related, params)?;
     key.verify(&base, signature)?;
@@ -381,9 +426,7 @@ pub fn verify<M: HttpMessage + ?Sized>(
         if label.is_some_and(|want| want != l) {
             continue;
         }
-        let r = entry.and_then(|(params, sig)| {
-            verify_signature(message, related, &l, &params, &sig, keys, policy, now)
-        });
+        let r = entry.and_then(|e| verify_signature(message, related, &e, keys, policy, now));
         match r {
             Ok(v) => return Ok(v),
             Err(e) if label.is_some() => return Err(e),
@@ -393,7 +436,10 @@ pub fn verify<M: HttpMessage + ?Sized>(
         }
     }
     Err(first_err.unwrap_or_else(|| match label {
-        Some(l) => Error::new(Reason::MissingSignature, format!("no signature labelled {l:?}")),
+        Some(l) => Error::new(
+            Reason::MissingSignature,
+            format!("no signature labelled {l:?}"),
+        ),
         None => Error::new(Reason::MissingSignature, "no signatures"),
     }))
 }
