@@ -59,6 +59,8 @@ pub enum Reason {
     Replay,
     /// The signer failed to produce a signature.
     SigningFailed,
+    /// A covered `Content-Digest` does not match the content.
+    DigestMismatch,
 }
 
 impl Reason {
@@ -87,6 +89,7 @@ impl Reason {
             Reason::BadSignature => "bad_signature",
             Reason::Replay => "replay",
             Reason::SigningFailed => "signing_failed",
+            Reason::DigestMismatch => "digest_mismatch",
         }
     }
 }
@@ -108,6 +111,12 @@ pub struct Error {
 }
 
 impl Error {
+    /// An error with this reason and detail, for [`crate::KeySource`] implementations and
+    /// other extensions. Never put key material or secrets in the detail.
+    pub fn from_reason(reason: Reason, detail: impl Into<String>) -> Self {
+        Self::new(reason, detail)
+    }
+
     pub(crate) fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Error {
             reason,
@@ -181,6 +190,7 @@ impl fmt::Display for Error {
             Reason::BadSignature => "signature verification failed",
             Reason::Replay => "nonce replayed",
             Reason::SigningFailed => "signing failed",
+            Reason::DigestMismatch => "content digest mismatch",
         };
         if self.detail.is_empty() {
             f.write_str(text)

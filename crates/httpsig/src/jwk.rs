@@ -440,11 +440,17 @@ impl Jwk {
         Ok(j)
     }
 
-    /// Generates a private JWK for `alg`, with `kid` = its thumbprint and `alg` set.
+    /// Generates a private JWK for `alg`, with `alg` set and `kid` = its RFC 7638
+    /// thumbprint — except for HMAC, whose `kid` is random: a thumbprint of a shared
+    /// secret would publish a hash of the secret.
     pub fn generate(alg: Algorithm) -> Result<Jwk, Error> {
         let key = SigningKey::generate(alg)?;
         let mut j = Jwk::from_signing_key(&key)?;
-        j.kid = Some(j.thumbprint()?);
+        j.kid = Some(if alg.is_symmetric() {
+            crate::random_nonce()
+        } else {
+            j.thumbprint()?
+        });
         Ok(j)
     }
 }
