@@ -46,9 +46,7 @@ pub fn signature_base<M: HttpMessage + ?Sized>(
         out.extend_from_slice(b": ");
         let start = out.len();
         component_value(target, c, &mut out)?;
-        if c.as_derived() != Some(Derived::QueryParam)
-            && out[start..].iter().any(|&b| b == b'\n' || b == b'\r')
-        {
+        if out[start..].iter().any(|&b| b == b'\n' || b == b'\r') {
             return Err(Error::new(
                 Reason::InvalidComponent,
                 format!("the value of {c} contains a line break"),
@@ -176,27 +174,25 @@ fn derived_value(
         }
         Derived::QueryParam => {
             let want = c.query_param_name().unwrap_or_default();
-            let mut found = false;
+            let mut value = None;
             for pair in m.query().unwrap_or_default().split('&') {
                 if pair.is_empty() {
                     continue;
                 }
                 let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
                 if reencode(n) == want {
-                    if found {
-                        // Each further instance becomes its own line (RFC 9421 2.2.8).
-                        out.push(b'\n');
-                        out.extend_from_slice(c.as_str().as_bytes());
-                        out.extend_from_slice(b": ");
+                    if value.is_some() {
+                        // RFC 9421 2.2.8: a repeated name MUST NOT be covered (cover @query).
+                        return Err(Error::new(
+                            Reason::InvalidComponent,
+                            format!("{c}: the parameter occurs more than once; cover @query instead"),
+                        ));
                     }
-                    out.extend_from_slice(reencode(v).as_bytes());
-                    found = true;
+                    value = Some(reencode(v));
                 }
             }
-            if !found {
-                return Err(missing(c, "query parameter absent"));
-            }
-            return Ok(());
+            let value = value.ok_or_else(|| missing(c, "query parameter absent"))?;
+            out.extend_from_slice(value.as_bytes());
         }
         Derived::Status => unreachable!("handled above"),
     }
@@ -364,6 +360,18 @@ fn strict_sf(v: &[u8], c: &Component) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_query_param_is_refused() {
+        let m = crate::Message::parse(b"GET /p?a=1&b=2&a=3 HTTP/1.1\nHost: h\n\n").unwrap();
+        let c = Component::query_param("a").unwrap();
+        let err = component_value(&m, &c, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.reason(), Reason::InvalidComponent);
+        let b = Component::query_param("b").unwrap();
+        let mut out = Vec::new();
+        component_value(&m, &b, &mut out).unwrap();
+        assert_eq!(out, b"2");
+    }
 
     #[test]
     fn reencodes_query_params() {
