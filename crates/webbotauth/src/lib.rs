@@ -44,6 +44,8 @@
 
 pub mod agent;
 pub mod card;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod directory;
 pub mod keys;
 pub mod nonce;
