@@ -19,6 +19,8 @@ use oba_httpsig::{
 };
 use serde_json::json;
 
+mod wba;
+
 #[derive(Parser)]
 #[command(
     name = "oba",
@@ -55,6 +57,13 @@ enum Command {
     Verify(VerifyArgs),
     /// Print the signature base of one label (same options as verify).
     Base(VerifyArgs),
+    /// Send a Web Bot Auth signed request and print the response (curl-like).
+    Request(wba::RequestArgs),
+    /// Key directories: serve one, check one.
+    Directory {
+        #[command(subcommand)]
+        command: wba::DirectoryCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,14 +134,21 @@ struct SignArgs {
     /// Add a Content-Digest of the body first (and cover it by default).
     #[arg(long, value_parser = ["sha-256", "sha-512"])]
     content_digest: Option<String>,
+    /// Apply the Web Bot Auth profile: keyid = thumbprint, tag="web-bot-auth", expires
+    /// (--ttl, default 60 s), a random nonce, Content-Digest for a body, Signature-Agent.
+    #[arg(long, conflicts_with_all = ["params", "keyid", "tag", "nonce", "expires", "content_digest", "created"])]
+    web_bot_auth: bool,
+    /// Where the bot's keys are (with --web-bot-auth): an https origin with a key directory.
+    #[arg(long, requires = "web_bot_auth")]
+    signature_agent: Option<String>,
     #[command(flatten)]
     message: MessageArgs,
 }
 
 #[derive(Args)]
-struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// JWK file (public or private) of the signer.
-    #[arg(long, required_unless_present = "jwks", conflicts_with = "jwks")]
+    #[arg(long, required_unless_present_any = ["jwks", "resolve"], conflicts_with = "jwks")]
     key: Option<PathBuf>,
     /// JWK Set file; the key is chosen by kid or thumbprint.
     #[arg(long)]
@@ -161,6 +177,18 @@ struct VerifyArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Apply the Web Bot Auth profile (outcome verified / invalid / unverified).
+    #[arg(long)]
+    web_bot_auth: bool,
+    /// Fetch the keys named by Signature-Agent through the directory client.
+    #[arg(long, requires = "web_bot_auth")]
+    resolve: bool,
+    /// Accept the RFC 9421 example keys (for conformance vectors only).
+    #[arg(long, requires = "web_bot_auth")]
+    allow_test_keys: bool,
+    /// Allow agents and key fetches on loopback over plain http (tests only).
+    #[arg(long, requires = "web_bot_auth")]
+    allow_loopback: bool,
     #[command(flatten)]
     message: MessageArgs,
 }
@@ -170,7 +198,7 @@ fn parse_alg(s: &str) -> Result<Algorithm, String> {
 }
 
 /// A failure with the exit code it maps to.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
@@ -184,7 +212,7 @@ impl From<Error> for Failure {
     }
 }
 
-fn fail(message: impl Into<String>) -> Failure {
+pub(crate) fn fail(message: impl Into<String>) -> Failure {
     Failure {
         code: 2,
         message: message.into(),
@@ -199,6 +227,8 @@ fn main() -> ExitCode {
         Command::Sign(args) => sign(args),
         Command::Verify(args) => verify(args, false),
         Command::Base(args) => verify(args, true),
+        Command::Request(args) => wba::request(args),
+        Command::Directory { command } => wba::directory(command),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -209,7 +239,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_input(path: Option<&Path>) -> Result<Vec<u8>, Failure> {
+pub(crate) fn read_input(path: Option<&Path>) -> Result<Vec<u8>, Failure> {
     match path {
         None => read_stdin(),
         Some(p) if p.as_os_str() == "-" => read_stdin(),
@@ -225,13 +255,13 @@ fn read_stdin() -> Result<Vec<u8>, Failure> {
     Ok(buf)
 }
 
-fn read_jwk(path: Option<&Path>) -> Result<Jwk, Failure> {
+pub(crate) fn read_jwk(path: Option<&Path>) -> Result<Jwk, Failure> {
     let bytes = read_input(path)?;
     let text = String::from_utf8(bytes).map_err(|_| fail("the JWK file is not UTF-8"))?;
     Ok(Jwk::parse(&text)?)
 }
 
-fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)
         .and_then(|()| out.flush())
@@ -302,7 +332,7 @@ fn jwk(command: JwkCommand) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn load_message(args: &MessageArgs) -> Result<(Message, Option<Message>), Failure> {
+pub(crate) fn load_message(args: &MessageArgs) -> Result<(Message, Option<Message>), Failure> {
     let raw = read_input(args.file.as_deref())?;
     let mut msg =
         Message::parse(&raw).map_err(|e| fail(format!("cannot read the message: {e}")))?;
@@ -329,7 +359,7 @@ fn parse_components(ids: &[String]) -> Result<Vec<Component>, Failure> {
         .collect()
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -350,6 +380,32 @@ fn sign(args: SignArgs) -> Result<u8, Failure> {
     let jwk = read_jwk(Some(&args.key))?;
     let key = jwk.signing_key(args.alg)?;
     let (mut msg, related) = load_message(&args.message)?;
+
+    if args.web_bot_auth {
+        let mut signer = oba_webbotauth::WebBotAuthSigner::new(&jwk)
+            .map_err(|e| fail(e.to_string()))?
+            .with_label(&args.label)
+            .map_err(|e| fail(e.to_string()))?
+            .with_validity(args.ttl.unwrap_or(60))
+            .map_err(|e| fail(e.to_string()))?;
+        if let Some(sa) = &args.signature_agent {
+            signer = signer
+                .with_signature_agent(sa)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        if !args.components.is_empty() {
+            signer = signer.with_components(parse_components(&args.components)?);
+        }
+        let body = msg.body().to_vec();
+        for (name, value) in signer
+            .sign(&msg, &body, now())
+            .map_err(|e| fail(e.to_string()))?
+        {
+            msg.append_header(name, value);
+        }
+        write_stdout(&msg.to_bytes())?;
+        return Ok(0);
+    }
 
     if let Some(alg) = &args.content_digest {
         let alg = DigestAlgorithm::from_name(alg).ok_or_else(|| fail("unknown digest"))?;
@@ -544,6 +600,9 @@ impl KeySource for CliKeys {
 }
 
 fn verify(args: VerifyArgs, base_only: bool) -> Result<u8, Failure> {
+    if args.web_bot_auth && !base_only {
+        return wba::verify(&args);
+    }
     let keys = if base_only {
         None
     } else {

@@ -48,7 +48,11 @@ pub mod card;
 pub mod client;
 pub mod directory;
 pub mod keys;
+#[cfg(feature = "tower")]
+pub mod layer;
 pub mod nonce;
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest_signer;
 mod sign;
 mod verify;
 
