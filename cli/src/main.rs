@@ -189,6 +189,9 @@ pub(crate) struct VerifyArgs {
     /// Allow agents and key fetches on loopback over plain http (tests only).
     #[arg(long, requires = "web_bot_auth")]
     allow_loopback: bool,
+    /// Longest accepted `expires - created`, seconds (with --web-bot-auth; default 24 h).
+    #[arg(long, requires = "web_bot_auth")]
+    max_validity: Option<u32>,
     #[command(flatten)]
     message: MessageArgs,
 }

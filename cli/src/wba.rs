@@ -52,6 +52,9 @@ pub(crate) fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
         skew: args.skew,
         allow_test_keys: args.allow_test_keys,
         allow_http_loopback: args.allow_loopback,
+        max_validity: args
+            .max_validity
+            .unwrap_or(VerifyPolicy::default().max_validity),
         ..VerifyPolicy::default()
     };
     // Keys given on the command line are trusted for requests without Signature-Agent

@@ -169,3 +169,80 @@ fn reqwest_signing_middleware_through_the_layer() {
         }
     });
 }
+
+/// Every Web Bot Auth vector through `oba verify --web-bot-auth` with the vector's key:
+/// valid ones verify (test keys allowed), broken ones are invalid, and without
+/// `--allow-test-keys` the RFC example keys are refused.
+#[test]
+fn web_bot_auth_vectors_through_the_cli() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../test-vectors/webbotauth-vectors.json"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for vector in v["signature_vectors"].as_array().unwrap() {
+        let id = vector["id"].as_str().unwrap();
+        let key = dir.path().join(format!("{id}.jwk"));
+        std::fs::write(
+            &key,
+            v["keys"][vector["key_ref"].as_str().unwrap()]["jwk_public"].to_string(),
+        )
+        .unwrap();
+        let m = &vector["message"];
+        let mut raw = format!("{}\r\n", m["start_line"].as_str().unwrap());
+        for h in m["headers"].as_array().unwrap() {
+            raw.push_str(&format!(
+                "{}: {}\r\n",
+                h[0].as_str().unwrap(),
+                h[1].as_str().unwrap()
+            ));
+        }
+        raw.push_str("\r\n");
+        let msg = dir.path().join(format!("{id}.http"));
+        std::fs::write(&msg, raw).unwrap();
+        let now = vector["verify_at"].to_string();
+        let args = |extra: &[&str]| {
+            let mut a = vec![
+                "verify",
+                "--web-bot-auth",
+                "--json",
+                "--key",
+                key.to_str().unwrap(),
+                "--now",
+                &now,
+                "--max-validity",
+                "4294967295",
+            ];
+            a.extend_from_slice(extra);
+            a.push(msg.to_str().unwrap());
+            let out = oba(&a);
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|_| panic!("{id}: {}", String::from_utf8_lossy(&out.stderr)));
+            (out.status.code(), report)
+        };
+        let (code, report) = args(&["--allow-test-keys"]);
+        if vector["expected_result"] == "valid" {
+            assert_eq!(
+                (code, report["outcome"].as_str()),
+                (Some(0), Some("verified")),
+                "{id}: {report}"
+            );
+            assert_eq!(report["thumbprint"], vector["keyid"]);
+        } else {
+            assert_eq!(
+                (code, report["outcome"].as_str()),
+                (Some(1), Some("invalid")),
+                "{id}: {report}"
+            );
+            assert_eq!(report["reason"], "bad_signature", "{id}");
+        }
+        let (code, report) = args(&[]);
+        assert_eq!(
+            (code, report["reason"].as_str()),
+            (Some(1), Some("test_key")),
+            "{id}: {report}"
+        );
+    }
+}
