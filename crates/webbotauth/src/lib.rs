@@ -14,6 +14,13 @@
 //!   only after the signature verified.
 //! * Directories ([`directory`]) are parsed with `kid` = thumbprint enforced, and served
 //!   signed with [`directory::signed_directory_response`].
+//! * With feature `client`, `client::DirectoryClient` fetches keys safely (https only,
+//!   SSRF guard after DNS, limits, RFC 9111 caching) and `client::Verifier` verifies with
+//!   them; with `tower`, `layer::WebBotAuthLayer` guards an axum app; with
+//!   `reqwest-middleware`, `reqwest_signer::signed_client` signs every request of a client.
+//!
+//! Start from the examples: `examples/verifying_server.rs` (a website that only answers
+//! verified bots) and `examples/signed_client.rs` (a bot). In short:
 //!
 //! ```
 //! use oba_webbotauth::*;
