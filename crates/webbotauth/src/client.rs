@@ -465,14 +465,20 @@ impl DirectoryClient {
         let key = url.to_string();
         match result {
             Ok(FetchResult::Fresh(f)) => {
-                let set = Arc::new(self.key_set(f.keys, f.signed_by, &f.headers, now));
+                let set = self.key_set(f.keys, f.signed_by, &f.headers, now, prev.as_deref());
+                let set = Arc::new(set);
                 self.cache.insert(key, Slot::Good(set.clone())).await;
                 Ok(set)
             }
             Ok(FetchResult::NotModified(headers)) => match prev {
                 Some(p) => {
-                    let set =
-                        Arc::new(self.key_set(p.keys.clone(), p.signed_by.clone(), &headers, now));
+                    let set = Arc::new(self.key_set(
+                        p.keys.clone(),
+                        p.signed_by.clone(),
+                        &headers,
+                        now,
+                        Some(&p),
+                    ));
                     self.cache.insert(key, Slot::Good(set.clone())).await;
                     Ok(set)
                 }
@@ -483,17 +489,14 @@ impl DirectoryClient {
                 match prev {
                     // A failed fetch never evicts good keys; within stale-if-error they
                     // are served, and the origin is retried only after the negative TTL.
-                    Some(p) => {
+                    Some(p) if now < p.stale_until => {
                         if let Ok(mut r) = p.retry_after.lock() {
                             *r = Some(now + negative);
                         }
-                        if now < p.stale_until {
-                            Ok(p)
-                        } else {
-                            Err(e)
-                        }
+                        Ok(p)
                     }
-                    None => {
+                    // Past the stale window the keys are unusable: remember the failure.
+                    _ => {
                         self.cache
                             .insert(
                                 key,
@@ -510,12 +513,16 @@ impl DirectoryClient {
         }
     }
 
+    /// A new cache entry. `prev` carries over what a refresh must not reset: the time of
+    /// the last unknown-key refetch (the rate limit), and, for a 304 that omits it, the
+    /// validator (RFC 9111 4.3.4).
     fn key_set(
         &self,
         keys: Vec<Arc<AgentKey>>,
         signed_by: Vec<String>,
         headers: &reqwest::header::HeaderMap,
         now: Instant,
+        prev: Option<&KeySet>,
     ) -> KeySet {
         let values: Vec<&str> = headers
             .get_all(reqwest::header::CACHE_CONTROL)
@@ -548,15 +555,17 @@ impl DirectoryClient {
                     .get(reqwest::header::ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned)
+                    .or_else(|| prev.and_then(|p| p.etag.clone()))
             })
             .flatten();
+        let last_forced = prev.and_then(|p| p.last_forced.lock().ok().and_then(|l| *l));
         KeySet {
             keys,
             signed_by,
             fresh_until: now + fresh,
             stale_until: now + fresh + stale,
             etag,
-            last_forced: Mutex::new(None),
+            last_forced: Mutex::new(last_forced),
             retry_after: Mutex::new(None),
         }
     }
