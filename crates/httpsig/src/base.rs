@@ -185,7 +185,9 @@ fn derived_value(
                         // RFC 9421 2.2.8: a repeated name MUST NOT be covered (cover @query).
                         return Err(Error::new(
                             Reason::InvalidComponent,
-                            format!("{c}: the parameter occurs more than once; cover @query instead"),
+                            format!(
+                                "{c}: the parameter occurs more than once; cover @query instead"
+                            ),
                         ));
                     }
                     value = Some(reencode(v));

@@ -94,7 +94,7 @@ pub use key::{ExternalSigner, ExternalVerifier, Signer, SigningKey, Verifier, Ve
 pub use message::{HttpMessage, Message};
 pub use params::{
     parse_signature, parse_signature_input, signature_input_member, signature_member,
-    SignatureParams,
+    SignatureParams, MAX_COMPONENTS, MAX_SIGNATURES,
 };
 pub use sign::{random_nonce, sign, Signature};
 pub use verify::{

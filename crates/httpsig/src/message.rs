@@ -257,7 +257,7 @@ impl Message {
         } else {
             let version =
                 third.ok_or_else(|| Error::malformed("request line has no HTTP version"))?;
-            if !version.starts_with("HTTP/") {
+            if !version.starts_with("HTTP/") || version.contains(' ') {
                 return Err(Error::malformed(format!("bad HTTP version {version:?}")));
             }
             if first.is_empty() || !first.bytes().all(is_tchar) {
@@ -331,7 +331,8 @@ impl fmt::Display for Message {
 
 fn parse_request_target(method: &str, target: &str) -> Result<Start, Error> {
     let bad = || Error::malformed(format!("bad request target {target:?}"));
-    if target.is_empty() || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+    if target.is_empty() || target.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
+        // No fragment: it is never sent on the wire (RFC 9112 3.2).
         return Err(bad());
     }
     let (path, query, target_authority, origin_form) = if target.starts_with('/') {
@@ -423,8 +424,12 @@ fn read_fields(input: &[u8], pos: &mut usize, out: &mut Fields) -> Result<(), Er
                 String::from_utf8_lossy(name)
             )));
         }
+        let value = trim_ows(&line[colon + 1..]);
+        if value.iter().any(|&b| b == b'\r' || b == 0) {
+            return Err(Error::malformed("bare CR or NUL in a field value"));
+        }
         let name = String::from_utf8_lossy(name).into_owned();
-        out.push((name, trim_ows(&line[colon + 1..]).to_vec()));
+        out.push((name, value.to_vec()));
     }
     Ok(())
 }
@@ -604,6 +609,9 @@ mod tests {
             b"GET",
             b"GET /x",
             b"GET x HTTP/1.1\n",
+            b"GET /a#frag HTTP/1.1\n",
+            b"GET /a HTTP/1.1 extra\n",
+            b"GET /a HTTP/1.1\nX: a\rb\n",
             b"HTTP/1.1 20 OK\n",
             b"G T /x HTTP/1.1\n",
             b"GET /x HTTP/1.1\nno colon\n",

@@ -81,6 +81,11 @@ impl SignatureParams {
                 "a Signature-Input member must be an inner list",
             ));
         };
+        if items.len() > MAX_COMPONENTS {
+            return Err(Error::malformed(format!(
+                "more than {MAX_COMPONENTS} covered components"
+            )));
+        }
         let components = items
             .iter()
             .map(Component::from_sf_item)
@@ -225,11 +230,22 @@ impl std::str::FromStr for SignatureParams {
     }
 }
 
+/// Most signatures (labels) accepted in one message.
+pub const MAX_SIGNATURES: usize = 64;
+/// Most components one signature may cover.
+pub const MAX_COMPONENTS: usize = 64;
+
 /// Parses the (combined) `Signature-Input` value into labelled parameters, in order.
-/// Duplicate labels are an error (RFC 8941 would let the last one win silently).
+/// Duplicate labels are an error (RFC 8941 would let the last one win silently), and so
+/// are more than [`MAX_SIGNATURES`] labels or [`MAX_COMPONENTS`] components.
 pub fn parse_signature_input(value: &[u8]) -> Result<Vec<(String, SignatureParams)>, Error> {
     let dict = sf::parse_dictionary(value)
         .map_err(|e| Error::malformed(format!("Signature-Input: {e}")))?;
+    if dict.len() > MAX_SIGNATURES {
+        return Err(Error::malformed(format!(
+            "more than {MAX_SIGNATURES} signatures"
+        )));
+    }
     if let Some(dup) = sf::first_duplicate(dict.iter().map(|(k, _)| k.as_str())) {
         return Err(Error::new(
             Reason::DuplicateLabel,
@@ -245,6 +261,11 @@ pub fn parse_signature_input(value: &[u8]) -> Result<Vec<(String, SignatureParam
 pub fn parse_signature(value: &[u8]) -> Result<Vec<(String, Vec<u8>)>, Error> {
     let dict =
         sf::parse_dictionary(value).map_err(|e| Error::malformed(format!("Signature: {e}")))?;
+    if dict.len() > MAX_SIGNATURES {
+        return Err(Error::malformed(format!(
+            "more than {MAX_SIGNATURES} signatures"
+        )));
+    }
     if let Some(dup) = sf::first_duplicate(dict.iter().map(|(k, _)| k.as_str())) {
         return Err(Error::new(
             Reason::DuplicateLabel,

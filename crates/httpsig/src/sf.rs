@@ -40,15 +40,11 @@ pub(crate) fn parse_item(input: &[u8]) -> Result<SfItem, sfv::Error> {
     Parser::new(input).parse_item_with_visitor(ItemCollector)
 }
 
-/// The first key that occurs twice in `keys`, if any.
-pub(crate) fn first_duplicate<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
-    let all = keys.clone();
-    for (i, k) in keys.enumerate() {
-        if all.clone().skip(i + 1).any(|o| o == k) {
-            return Some(k);
-        }
-    }
-    None
+/// The first key that occurs twice in `keys`, if any (linear time: a header with many
+/// members must not cost quadratic work).
+pub(crate) fn first_duplicate<'a>(keys: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    keys.into_iter().find(|&k| !seen.insert(k))
 }
 
 struct DictCollector(Vec<(String, SfEntry)>);

@@ -312,16 +312,16 @@ pub fn signatures<M: HttpMessage + ?Sized>(message: &M) -> Result<Vec<LabelledEn
         ));
     };
     let inputs = parse_signature_input(&input)?;
-    let mut sigs = parse_signature(&sigs)?;
+    let mut sigs: std::collections::HashMap<String, Vec<u8>> =
+        parse_signature(&sigs)?.into_iter().collect();
     Ok(inputs
         .into_iter()
         .map(|(label, params)| {
-            let found = sigs.iter().position(|(l, _)| *l == label);
-            let r = match found {
-                Some(i) => Ok(SignatureEntry {
+            let r = match sigs.remove(&label) {
+                Some(signature) => Ok(SignatureEntry {
                     label: label.clone(),
                     params,
-                    signature: std::mem::take(&mut sigs[i].1),
+                    signature,
                 }),
                 None => Err(Error::new(
                     Reason::MissingSignature,
