@@ -37,45 +37,101 @@ fn request_base_matches_the_raw_message() {
     ]);
     let a = signature_base(&msg, None, &p).unwrap();
     let b = signature_base(&req, None, &p).unwrap();
-    assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b.clone()).unwrap());
+    assert_eq!(
+        String::from_utf8(a).unwrap(),
+        String::from_utf8(b.clone()).unwrap()
+    );
     let b = String::from_utf8(b).unwrap();
     assert!(b.contains("\"@authority\": example.com\n"), "{b}");
-    assert!(b.contains("\"@target-uri\": https://example.com/foo?param=Value&Pet=dog\n"), "{b}");
+    assert!(
+        b.contains("\"@target-uri\": https://example.com/foo?param=Value&Pet=dog\n"),
+        "{b}"
+    );
     assert!(b.contains("\"x-two\": a, b\n"), "{b}");
 }
 
 #[test]
 fn scheme_is_never_guessed() {
-    let req = ::http::Request::get("/x").header("host", "a.example").body(()).unwrap();
+    let req = ::http::Request::get("/x")
+        .header("host", "a.example")
+        .body(())
+        .unwrap();
     let err = signature_base(&req, None, &params(&["@scheme"])).unwrap_err();
     assert_eq!(err.reason(), Reason::MissingComponent);
-    let http_req = ::http::Request::get("http://a.example:80/x").body(()).unwrap();
+    let http_req = ::http::Request::get("http://a.example:80/x")
+        .body(())
+        .unwrap();
     let base = signature_base(&http_req, None, &params(&["@scheme", "@authority"])).unwrap();
-    assert!(String::from_utf8(base).unwrap().starts_with("\"@scheme\": http\n\"@authority\": a.example\n"));
+    assert!(String::from_utf8(base)
+        .unwrap()
+        .starts_with("\"@scheme\": http\n\"@authority\": a.example\n"));
 }
 
 #[test]
 fn response_with_related_request_signs_and_verifies() {
     let key = SigningKey::generate(Algorithm::EcdsaP256Sha256).unwrap();
-    let req = ::http::Request::post("https://example.com/foo").body(()).unwrap();
+    let req = ::http::Request::post("https://example.com/foo")
+        .body(())
+        .unwrap();
     let mut resp = ::http::Response::builder()
         .status(503)
         .header("content-type", "application/json")
         .body(())
         .unwrap();
-    let p = params(&["@status", "content-type", r#""@method";req"#, r#""@authority";req"#]);
+    let p = params(&[
+        "@status",
+        "content-type",
+        r#""@method";req"#,
+        r#""@authority";req"#,
+    ]);
     let sig = sign(&resp, Some(&req), "reqres", p, &key).unwrap();
     add_signature(resp.headers_mut(), &sig).unwrap();
-    let ok = verify(&resp, Some(&req), Some("reqres"), &key.verifying_key(), &Policy::default(), 1618884473).unwrap();
+    let ok = verify(
+        &resp,
+        Some(&req),
+        Some("reqres"),
+        &key.verifying_key(),
+        &Policy::default(),
+        1618884473,
+    )
+    .unwrap();
     assert_eq!(ok.algorithm, Algorithm::EcdsaP256Sha256);
     // Without the request the `;req` components cannot be rebuilt.
-    let err = verify(&resp, None, Some("reqres"), &key.verifying_key(), &Policy::default(), 1618884473).unwrap_err();
+    let err = verify(
+        &resp,
+        None,
+        Some("reqres"),
+        &key.verifying_key(),
+        &Policy::default(),
+        1618884473,
+    )
+    .unwrap_err();
     assert_eq!(err.reason(), Reason::MissingComponent);
     // Another request (different method) breaks it.
-    let other = ::http::Request::get("https://example.com/foo").body(()).unwrap();
-    let err = verify(&resp, Some(&other), Some("reqres"), &key.verifying_key(), &Policy::default(), 1618884473).unwrap_err();
+    let other = ::http::Request::get("https://example.com/foo")
+        .body(())
+        .unwrap();
+    let err = verify(
+        &resp,
+        Some(&other),
+        Some("reqres"),
+        &key.verifying_key(),
+        &Policy::default(),
+        1618884473,
+    )
+    .unwrap_err();
     assert_eq!(err.reason(), Reason::BadSignature);
     // @status on a request, @method on a response: invalid components.
-    assert_eq!(signature_base(&req, None, &params(&["@status"])).unwrap_err().reason(), Reason::InvalidComponent);
-    assert_eq!(signature_base(&resp, None, &params(&["@method"])).unwrap_err().reason(), Reason::InvalidComponent);
+    assert_eq!(
+        signature_base(&req, None, &params(&["@status"]))
+            .unwrap_err()
+            .reason(),
+        Reason::InvalidComponent
+    );
+    assert_eq!(
+        signature_base(&resp, None, &params(&["@method"]))
+            .unwrap_err()
+            .reason(),
+        Reason::InvalidComponent
+    );
 }
