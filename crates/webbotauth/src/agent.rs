@@ -252,14 +252,24 @@ fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
-/// Serialises the dictionary form of one member, as a signer sends it.
+/// Serialises the dictionary form of one member, as a signer sends it: an origin is a
+/// key directory (`label="https://bot.example"`); a URL with a path is a JWK Set
+/// (`label="https://registry.example/agents/x/jwks.json";type=jwks_uri`).
 pub fn dictionary_member(label: &str, uri: &str) -> Result<String, Error> {
     let s = sfv::String::from_string(uri.to_owned())
         .map_err(|_| Error::SignatureAgent("URI is not printable ASCII".into()))?;
     let key = sfv::KeyRef::from_str(label)
         .map_err(|_| Error::SignatureAgent(format!("bad label {label:?}")))?;
+    let is_origin = Url::parse(uri).is_ok_and(|u| u.path() == "/" && u.query().is_none());
     let mut ser = sfv::DictSerializer::new();
-    ser.bare_item(key, &s);
+    let params = ser.bare_item(key, &s);
+    if !is_origin {
+        params.parameter(
+            sfv::KeyRef::from_str("type").map_err(|_| Error::SignatureAgent("type".into()))?,
+            sfv::TokenRef::from_str("jwks_uri")
+                .map_err(|_| Error::SignatureAgent("type".into()))?,
+        );
+    }
     ser.finish()
         .ok_or_else(|| Error::SignatureAgent("empty dictionary".into()))
 }

@@ -396,3 +396,37 @@ fn public_key_validation() {
     let key = private.signing_key(None).unwrap();
     assert_eq!(key.algorithm(), Algorithm::EcdsaP384Sha384);
 }
+
+#[test]
+fn a_signature_agent_with_a_path_is_sent_as_a_jwks_uri_member() {
+    let jwk = Jwk::generate(Algorithm::Ed25519).unwrap();
+    let url = "https://registry.example/agents/abc/jwks.json";
+    let signer = WebBotAuthSigner::new(&jwk)
+        .unwrap()
+        .with_signature_agent(url)
+        .unwrap();
+    let m = signed(&signer, request());
+    assert_eq!(
+        m.header("signature-agent").unwrap(),
+        format!("sig1=\"{url}\";type=jwks_uri")
+    );
+    let sa = SignatureAgent::parse(&m.header("signature-agent").unwrap()).unwrap();
+    let agent = sa.members[0].resolve(false).unwrap();
+    assert_eq!(agent.fetch_url().as_str(), url);
+    let mut keys = StaticKeys::new();
+    keys.insert(
+        Some(&agent),
+        AgentKey::from_public_jwk(&jwk.public().unwrap(), false).unwrap(),
+    );
+    assert_eq!(
+        code(&verify_request(
+            &m,
+            &keys,
+            None,
+            &VerifyPolicy::default(),
+            NOW
+        ))
+        .0,
+        "verified"
+    );
+}
