@@ -19,6 +19,7 @@ use oba_httpsig::{
 };
 use serde_json::json;
 
+mod registry_cmd;
 mod wba;
 
 #[derive(Parser)]
@@ -64,6 +65,13 @@ enum Command {
         #[command(subcommand)]
         command: wba::DirectoryCommand,
     },
+    /// The registry: run it, or manage agents and keys on one.
+    Registry {
+        #[command(subcommand)]
+        command: registry_cmd::RegistryCommand,
+    },
+    /// One step for a new bot: a key, an agent, the key added, the Signature-Agent to use.
+    Publish(registry_cmd::PublishArgs),
 }
 
 #[derive(Subcommand)]
@@ -202,8 +210,8 @@ fn parse_alg(s: &str) -> Result<Algorithm, String> {
 
 /// A failure with the exit code it maps to.
 pub(crate) struct Failure {
-    code: u8,
-    message: String,
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl From<Error> for Failure {
@@ -232,6 +240,8 @@ fn main() -> ExitCode {
         Command::Base(args) => verify(args, true),
         Command::Request(args) => wba::request(args),
         Command::Directory { command } => wba::directory(command),
+        Command::Registry { command } => registry_cmd::registry(command),
+        Command::Publish(args) => registry_cmd::publish(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -285,7 +295,7 @@ fn keygen(alg: Algorithm, out: Option<&Path>, force: bool) -> Result<u8, Failure
 }
 
 /// Writes a private key file readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), Failure> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), Failure> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true);
     if force {
