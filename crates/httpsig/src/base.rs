@@ -340,15 +340,17 @@ fn field_value(
 }
 
 /// Strict re-serialisation of a structured field whose type is not declared: tried as a
-/// Dictionary, then a List, then an Item. Where a value parses as more than one type,
-/// the serialisations agree, so the order only decides what fails.
+/// List, then a Dictionary, then an Item. A value that parses as both a List and a
+/// Dictionary serialises the same way under both, except when a key repeats — where the
+/// Dictionary reading would drop members (RFC 8941: last one wins). Trying the List first
+/// keeps every member covered, so nothing can be added to a List field unsigned.
 fn strict_sf(v: &[u8], c: &Component) -> Result<String, Error> {
     use sfv::FieldType;
-    if let Ok(d) = sfv::Parser::new(v).parse::<sfv::Dictionary>() {
-        return Ok(d.serialize().unwrap_or_default());
-    }
     if let Ok(l) = sfv::Parser::new(v).parse::<sfv::List>() {
         return Ok(l.serialize().unwrap_or_default());
+    }
+    if let Ok(d) = sfv::Parser::new(v).parse::<sfv::Dictionary>() {
+        return Ok(d.serialize().unwrap_or_default());
     }
     if let Ok(i) = sfv::Parser::new(v).parse::<sfv::Item>() {
         return Ok(i.serialize());

@@ -99,8 +99,10 @@
 //!   occurrence wins, which is exactly the ambiguity an attacker needs). Cover `@query`.
 //! * **Duplicate labels.** Refused (see above) rather than last-one-wins.
 //! * **Parameter order.** Received order (see above).
-//! * **`sf` on a field of unknown type.** Parsed as a Dictionary, then a List, then an
-//!   Item; where a value parses as several types their strict serialisations agree.
+//! * **`sf` on a field of unknown type.** Parsed as a List, then a Dictionary, then an
+//!   Item. Where a value parses as several types the serialisations agree, except that a
+//!   Dictionary drops repeated keys; the List reading keeps them, so a member added to a
+//!   List field is never left uncovered (found by the property tests).
 //! * **`@target-uri` of an absolute-form request** is the request target as received;
 //!   for origin form it is `scheme://authority` + path + query.
 //! * **`@authority` of an absolute-form request** is the target's authority, which

@@ -409,8 +409,13 @@ fn read_fields(input: &[u8], pos: &mut usize, out: &mut Fields) -> Result<(), Er
             let (_, v) = out
                 .last_mut()
                 .ok_or_else(|| Error::malformed("continuation line before any field"))?;
-            v.push(b' ');
-            v.extend_from_slice(trim_ows(line));
+            let cont = trim_ows(line);
+            if !cont.is_empty() {
+                if !v.is_empty() {
+                    v.push(b' ');
+                }
+                v.extend_from_slice(cont);
+            }
             continue;
         }
         let colon = line

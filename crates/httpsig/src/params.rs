@@ -147,6 +147,9 @@ impl SignatureParams {
     pub fn with_params_str(self, wire: &str) -> Result<Self, Error> {
         let wire = wire.trim();
         let wire = wire.strip_prefix(';').unwrap_or(wire);
+        if wire.is_empty() {
+            return Self::build(self.components, Vec::new());
+        }
         let item = sf::parse_item(format!("x;{wire}").as_bytes())
             .map_err(|e| Error::malformed(format!("bad signature parameters {wire:?}: {e}")))?;
         Self::build(self.components, item.params)
