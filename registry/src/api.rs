@@ -86,6 +86,7 @@ async fn authenticate_inner(state: &AppState, headers: &HeaderMap) -> Result<Cal
             account_id: row.account_id,
             via: format!("token:{}", row.id),
             scopes: row.scopes.split_whitespace().map(str::to_owned).collect(),
+            expires_at: row.expires_at,
         });
     }
     crate::oidc::authenticate(state, token).await
@@ -381,7 +382,10 @@ pub(crate) async fn add_key(
         created_at: t,
         retired_at: None,
     };
-    state.store.add_key(&id, &row).await?;
+    state
+        .store
+        .add_key(&id, &row, oba_webbotauth::directory::MAX_KEYS as i64, t)
+        .await?;
     state
         .store
         .audit(
@@ -489,7 +493,14 @@ pub(crate) async fn create_token(
         account_id: account,
         scopes: scopes.join(" "),
         created_at: t,
-        expires_at: req.expires_in.map(|e| t.saturating_add(e)),
+        // A token never outlives the credential that created it.
+        expires_at: match (
+            req.expires_in.map(|e| t.saturating_add(e)),
+            caller.expires_at,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
         revoked_at: None,
     };
     state.store.create_token(&row, &token_hash(&token)).await?;

@@ -66,6 +66,8 @@ pub struct Caller {
     pub via: String,
     /// Granted scopes.
     pub scopes: Vec<String>,
+    /// When the credential expires (a token it creates cannot outlive it).
+    pub expires_at: Option<i64>,
 }
 
 impl Caller {

@@ -54,6 +54,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ StoreError::TooManyKeys(_) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_keys", e.to_string())
+            }
             StoreError::Db(e) => {
                 eprintln!("registry: database error: {e}");
                 ApiError::new(
@@ -64,6 +67,29 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+/// Turns the few errors axum answers itself (a path or query that cannot be decoded)
+/// into the JSON error format, so that every error a client sees has the same shape.
+pub(crate) async fn json_errors(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let status = resp.status();
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 8 * 1024)
+        .await
+        .unwrap_or_default();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "body_too_large"
+    } else {
+        "invalid_request"
+    };
+    ApiError::new(status, code, String::from_utf8_lossy(&body).into_owned()).into_response()
 }
 
 impl IntoResponse for ApiError {

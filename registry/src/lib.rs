@@ -185,6 +185,7 @@ fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
 }
 

@@ -250,5 +250,6 @@ pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<Caller
         account_id: account,
         via: "oidc".into(),
         scopes: issuer.scopes.clone(),
+        expires_at: Some(exp),
     })
 }

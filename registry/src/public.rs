@@ -67,6 +67,8 @@ pub(crate) async fn jwks_body(state: &AppState, agent_id: &str) -> Result<Vec<u8
                 && k.not_after.is_none_or(|na| na > t)
         })
         .map(|k| k.jwk)
+        // Never publish more than a directory client accepts (the API refuses more).
+        .take(oba_webbotauth::directory::MAX_KEYS)
         .collect();
     Ok(serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap_or_default())
 }

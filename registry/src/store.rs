@@ -11,6 +11,9 @@ pub enum StoreError {
     /// A row with this key exists.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The agent already has the most active keys allowed.
+    #[error("an agent has at most {0} active keys")]
+    TooManyKeys(i64),
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -325,8 +328,33 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Adds a key; a key already added to this agent (even retired) is a conflict.
-    pub async fn add_key(&self, agent: &str, key: &KeyRow) -> Result<(), StoreError> {
+    /// Adds a key; a key already added to this agent (even retired) is a conflict, and so
+    /// is a key beyond `max_active` active keys (a directory client refuses larger sets, so
+    /// one key too many would make the whole agent unverifiable). Atomic: on PostgreSQL
+    /// the agent row is locked; SQLite runs one writer at a time.
+    pub async fn add_key(
+        &self,
+        agent: &str,
+        key: &KeyRow,
+        max_active: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM agents WHERE id = $1 FOR UPDATE")
+                .bind(agent)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        let active: i64 = sqlx::query("SELECT COUNT(*) AS n FROM agent_keys WHERE agent_id = $1 AND retired_at IS NULL AND (not_after IS NULL OR not_after > $2)")
+            .bind(agent)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if active >= max_active {
+            return Err(StoreError::TooManyKeys(max_active));
+        }
         sqlx::query("INSERT INTO agent_keys (agent_id, thumbprint, jwk, not_before, not_after, created_at, retired_at) VALUES ($1, $2, $3, $4, $5, $6, NULL)")
             .bind(agent)
             .bind(&key.thumbprint)
@@ -334,9 +362,10 @@ impl Store {
             .bind(key.not_before)
             .bind(key.not_after)
             .bind(key.created_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(conflict)?;
+        tx.commit().await?;
         Ok(())
     }
 
