@@ -67,13 +67,8 @@ fn external_signer_and_verifier_interoperate_with_built_in_keys() {
         .unwrap()
         .to_der();
     let base = signature_base(&msg(), None, sig.params()).unwrap();
-    let builtin = VerifyingKey::ecdsa_p256_sec1(
-        &p.verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let point = p.verifying_key().to_encoded_point(false);
+    let builtin = VerifyingKey::ecdsa_p256_sec1(point.as_bytes()).unwrap();
     assert!(builtin
         .verify(&base, der.as_bytes())
         .unwrap_err()
