@@ -191,7 +191,7 @@ pub fn parse_accept_signature(value: &str) -> Result<Vec<SignatureRequest>, Erro
                 ));
             };
             let components = items
-                .iter()
+                .into_iter()
                 .map(Component::from_sf_item)
                 .collect::<Result<Vec<_>, _>>()?;
             if let Some(dup) = sf::first_duplicate(params.iter().map(|(k, _)| k.as_str())) {

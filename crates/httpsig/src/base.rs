@@ -224,9 +224,9 @@ fn write_authority(m: &dyn HttpMessage, c: &Component, out: &mut Vec<u8>) -> Res
         .ok_or_else(|| missing(c, "no Host / :authority"))?;
     // userinfo is not part of the HTTP authority (RFC 9110 4.2.4).
     let a = a.rsplit_once('@').map_or(a, |(_, h)| h);
-    let default_port = match m.scheme().map(str::to_ascii_lowercase).as_deref() {
-        Some("https") => Some(":443"),
-        Some("http") => Some(":80"),
+    let default_port = match m.scheme() {
+        Some(s) if s.eq_ignore_ascii_case("https") => Some(":443"),
+        Some(s) if s.eq_ignore_ascii_case("http") => Some(":80"),
         _ => None,
     };
     let a = match default_port {
@@ -283,38 +283,44 @@ fn field_value(
     c: &Component,
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    let mut lines: Vec<&[u8]> = Vec::new();
-    // Collect the lines into one buffer first: the callback cannot borrow `out`.
-    let mut buf: Vec<u8> = Vec::new();
-    let mut ends: Vec<usize> = Vec::new();
-    let mut collect = |v: &[u8]| {
-        buf.extend_from_slice(crate::message::trim_ows(v));
-        ends.push(buf.len());
+    let read = |f: &mut dyn FnMut(&[u8])| {
+        if c.is_tr() {
+            m.trailer_lines(name, f);
+        } else {
+            m.field_lines(name, f);
+        }
     };
-    if c.is_tr() {
-        m.trailer_lines(name, &mut collect);
-    } else {
-        m.field_lines(name, &mut collect);
+    if !c.is_bs() && !c.is_sf() && c.dict_key().is_none() {
+        // The common case, written straight into the base: lines trimmed, joined by ", ".
+        let mut n = 0usize;
+        read(&mut |v: &[u8]| {
+            if n > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(crate::message::trim_ows(v));
+            n += 1;
+        });
+        if n == 0 {
+            return Err(missing(c, "field absent from the message"));
+        }
+        return Ok(());
     }
-    let mut start = 0;
-    for &e in &ends {
-        lines.push(&buf[start..e]);
-        start = e;
-    }
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    read(&mut |v: &[u8]| lines.push(crate::message::trim_ows(v).to_vec()));
     if lines.is_empty() {
         return Err(missing(c, "field absent from the message"));
     }
     if c.is_bs() {
+        let mut s = String::new();
         for (i, l) in lines.iter().enumerate() {
             if i > 0 {
-                out.extend_from_slice(b", ");
+                s.push_str(", ");
             }
-            out.push(b':');
-            let mut s = String::new();
+            s.push(':');
             base64::engine::general_purpose::STANDARD.encode_string(l, &mut s);
-            out.extend_from_slice(s.as_bytes());
-            out.push(b':');
+            s.push(':');
         }
+        out.extend_from_slice(s.as_bytes());
         return Ok(());
     }
     let combined = lines.join(&b", "[..]);

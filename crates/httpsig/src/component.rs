@@ -173,7 +173,7 @@ impl Component {
     }
 
     /// Builds a component from a parsed sf-item (as found in an inner list).
-    pub(crate) fn from_sf_item(item: &SfItem) -> Result<Self, Error> {
+    pub(crate) fn from_sf_item(item: SfItem) -> Result<Self, Error> {
         let BareItem::String(name) = &item.bare else {
             return Err(Error::new(
                 Reason::InvalidComponent,
@@ -197,7 +197,7 @@ impl Component {
             }
             ComponentName::Field(name.to_owned())
         };
-        Self::build(cname, item.params.clone())
+        Self::build(cname, item.params)
     }
 
     fn build(name: ComponentName, params: Params) -> Result<Self, Error> {
@@ -328,7 +328,7 @@ impl FromStr for Component {
                     format!("{s:?} is not a component identifier: {e}"),
                 )
             })?;
-            Component::from_sf_item(&item)
+            Component::from_sf_item(item)
         } else if let Some(d) = s.strip_prefix('@').and_then(|_| Derived::from_name(s)) {
             if d == Derived::QueryParam {
                 return Err(Error::new(
@@ -353,7 +353,7 @@ impl FromStr for Component {
                 })?),
                 params: Vec::new(),
             };
-            Component::from_sf_item(&item)
+            Component::from_sf_item(item)
         }
     }
 }

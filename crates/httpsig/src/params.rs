@@ -75,7 +75,7 @@ impl SignatureParams {
         })
     }
 
-    pub(crate) fn from_entry(entry: &SfEntry) -> Result<Self, Error> {
+    pub(crate) fn from_entry(entry: SfEntry) -> Result<Self, Error> {
         let SfEntry::Inner(items, params) = entry else {
             return Err(Error::malformed(
                 "a Signature-Input member must be an inner list",
@@ -87,10 +87,10 @@ impl SignatureParams {
             )));
         }
         let components = items
-            .iter()
+            .into_iter()
             .map(Component::from_sf_item)
             .collect::<Result<Vec<_>, _>>()?;
-        Self::build(components, params.clone())
+        Self::build(components, params)
     }
 
     /// Sets (or replaces in place) a parameter, keeping the order of the others.
@@ -227,7 +227,12 @@ impl std::str::FromStr for SignatureParams {
         let d = sf::parse_dictionary(format!("x={s}").as_bytes())
             .map_err(|e| Error::malformed(format!("bad signature parameters: {e}")))?;
         match d.as_slice() {
-            [(_, entry)] => Self::from_entry(entry),
+            [_] => Self::from_entry(
+                d.into_iter()
+                    .next()
+                    .map(|(_, e)| e)
+                    .ok_or_else(|| Error::malformed("bad signature parameters"))?,
+            ),
             _ => Err(Error::malformed("bad signature parameters")),
         }
     }
@@ -255,8 +260,8 @@ pub fn parse_signature_input(value: &[u8]) -> Result<Vec<(String, SignatureParam
             format!("label {dup:?} appears twice in Signature-Input"),
         ));
     }
-    dict.iter()
-        .map(|(k, e)| SignatureParams::from_entry(e).map(|p| (k.clone(), p)))
+    dict.into_iter()
+        .map(|(k, e)| SignatureParams::from_entry(e).map(|p| (k, p)))
         .collect()
 }
 

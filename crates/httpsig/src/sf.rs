@@ -40,9 +40,19 @@ pub(crate) fn parse_item(input: &[u8]) -> Result<SfItem, sfv::Error> {
     Parser::new(input).parse_item_with_visitor(ItemCollector)
 }
 
-/// The first key that occurs twice in `keys`, if any (linear time: a header with many
-/// members must not cost quadratic work).
-pub(crate) fn first_duplicate<'a>(keys: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+/// The first key that occurs twice in `keys`, if any. A linear scan for the usual
+/// handful of keys; a hash set beyond that, so a header with many members cannot cost
+/// quadratic work.
+pub(crate) fn first_duplicate<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
+    if keys.clone().nth(16).is_none() {
+        let all = keys.clone();
+        for (i, k) in keys.enumerate() {
+            if all.clone().skip(i + 1).any(|o| o == k) {
+                return Some(k);
+            }
+        }
+        return None;
+    }
     let mut seen = std::collections::HashSet::new();
     keys.into_iter().find(|&k| !seen.insert(k))
 }

@@ -312,12 +312,13 @@ pub fn signatures<M: HttpMessage + ?Sized>(message: &M) -> Result<Vec<LabelledEn
         ));
     };
     let inputs = parse_signature_input(&input)?;
-    let mut sigs: std::collections::HashMap<String, Vec<u8>> =
-        parse_signature(&sigs)?.into_iter().collect();
+    let mut sigs = parse_signature(&sigs)?;
     Ok(inputs
         .into_iter()
         .map(|(label, params)| {
-            let r = match sigs.remove(&label) {
+            // At most MAX_SIGNATURES labels: a linear search is cheapest.
+            let found = sigs.iter().position(|(l, _)| *l == label);
+            let r = match found.map(|i| sigs.swap_remove(i).1) {
                 Some(signature) => Ok(SignatureEntry {
                     label: label.clone(),
                     params,
@@ -354,6 +355,23 @@ pub fn verify_signature<M: HttpMessage + ?Sized>(
     policy: &Policy,
     now: i64,
 ) -> Result<Verified, Error> {
+    let algorithm = check_entry(message, related, entry, keys, policy, now)?;
+    Ok(Verified {
+        label: entry.label.clone(),
+        params: entry.params.clone(),
+        algorithm,
+    })
+}
+
+/// Everything [`verify_signature`] checks; returns the key's algorithm.
+fn check_entry<M: HttpMessage + ?Sized>(
+    message: &M,
+    related: Option<&dyn HttpMessage>,
+    entry: &SignatureEntry,
+    keys: &dyn KeySource,
+    policy: &Policy,
+    now: i64,
+) -> Result<Algorithm, Error> {
     let SignatureEntry {
         label,
         params,
@@ -383,11 +401,7 @@ pub fn verify_signature<M: HttpMessage + ?Sized>(
             }
         }
     }
-    Ok(Verified {
-        label: label.to_owned(),
-        params: params.clone(),
-        algorithm: alg,
-    })
+    Ok(alg)
 }
 
 /// Verifies the signature labelled `label` — or, with `None`, the first signature
@@ -426,7 +440,14 @@ pub fn verify<M: HttpMessage + ?Sized>(
         if label.is_some_and(|want| want != l) {
             continue;
         }
-        let r = entry.and_then(|e| verify_signature(message, related, &e, keys, policy, now));
+        // The entries are ours: move them into the result instead of cloning.
+        let r = entry.and_then(|e| {
+            check_entry(message, related, &e, keys, policy, now).map(|algorithm| Verified {
+                label: e.label,
+                params: e.params,
+                algorithm,
+            })
+        });
         match r {
             Ok(v) => return Ok(v),
             Err(e) if label.is_some() => return Err(e),
