@@ -1,0 +1,161 @@
+//! Configuration: a TOML file for everything; the CLI sets the common fields.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! public_url = "https://gateway.example"
+//! api_key_file = "gateway-keys.jsonl"
+//! trusted_agents = ["https://registry.example/agents/"]
+//!
+//! [[upstreams]]
+//! name = "ollama"
+//! url = "http://127.0.0.1:11434"
+//! kind = "ollama"              # or "openai"
+//! models = ["llama3*"]         # empty: the default upstream
+//!
+//! [[service_accounts]]         # RFC 9421 signers known by their public key
+//! name = "batch-job"
+//! tenant = "acme"
+//! jwk = { kty = "OKP", crv = "Ed25519", x = "..." }
+//!
+//! [[policy]]                   # deny by default; a request needs one matching rule
+//! kind = "bot"                 # bot | user | service (optional)
+//! tenant = "acme"              # optional
+//! id = "key:ci"                # optional, exact principal id
+//! routes = ["/v1/chat/completions"]  # optional
+//! models = ["llama3*"]         # optional, `*` suffix = prefix
+//! ```
+
+use serde::Deserialize;
+
+/// Upstream protocol family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// OpenAI-compatible (`/v1/...`).
+    Openai,
+    /// Ollama (`/api/...`).
+    Ollama,
+}
+
+/// A model server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Name.
+    pub name: String,
+    /// Base URL.
+    pub url: String,
+    /// Protocol family.
+    pub kind: UpstreamKind,
+    /// Models routed here (`*` suffix = prefix); empty = the default upstream.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+/// A service account that signs with RFC 9421.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccount {
+    /// Name (principal id `service:<name>`).
+    pub name: String,
+    /// Tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Public JWK.
+    pub jwk: serde_json::Value,
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Principal kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Exact principal id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Agent URL prefix (bots).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Routes allowed (default: all proxied routes).
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Models allowed (default: all); `*` suffix = prefix.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listen address.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The URL clients reach the gateway at (RFC 9728 metadata, 401 hints).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Model servers.
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+    /// API key file (JSON lines of hashes; `oba gateway keys create`).
+    #[serde(default)]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// RFC 9421 service accounts.
+    #[serde(default)]
+    pub service_accounts: Vec<ServiceAccount>,
+    /// Agent key URL prefixes the gateway fetches keys from (registries, directories).
+    #[serde(default)]
+    pub trusted_agents: Vec<String>,
+    /// Allow http and loopback directories (tests only).
+    #[serde(default)]
+    pub allow_insecure_directories: bool,
+    /// Allow rules (deny by default).
+    #[serde(default)]
+    pub policy: Vec<Rule>,
+    /// The gateway's stamp signing key (private JWK file); generated when absent.
+    #[serde(default)]
+    pub stamp_key_file: Option<std::path::PathBuf>,
+    /// Forward the caller's `Authorization` and signature fields upstream.
+    #[serde(default)]
+    pub forward_credentials: bool,
+    /// Largest request body, bytes (default 10 MiB).
+    #[serde(default = "default_max_body")]
+    pub max_body: usize,
+    /// Upstream connect timeout, seconds (default 5).
+    #[serde(default = "default_connect")]
+    pub connect_timeout_secs: u64,
+    /// Upstream time to first byte, seconds (default 60).
+    #[serde(default = "default_first_byte")]
+    pub first_byte_timeout_secs: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_body() -> usize {
+    10 * 1024 * 1024
+}
+fn default_connect() -> u64 {
+    5
+}
+fn default_first_byte() -> u64 {
+    60
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty configuration is valid")
+    }
+}
+
+impl GatewayConfig {
+    /// Parses a TOML configuration.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}

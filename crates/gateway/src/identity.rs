@@ -1,0 +1,323 @@
+//! Identity at the edge: one [`Principal`] from Web Bot Auth signatures, RFC 9421
+//! service-account signatures or API keys. Nothing later reads identity from the client.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, Request, StatusCode};
+use oba_httpsig::jwk::Jwk;
+use oba_httpsig::{Policy, Reason, VerifyingKey};
+use oba_webbotauth::client::Verifier;
+use oba_webbotauth::nonce::NonceStore;
+use oba_webbotauth::Outcome;
+
+use crate::apikeys::ApiKeys;
+
+/// What kind of caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// A bot or agent (Web Bot Auth).
+    Bot,
+    /// A person (OIDC; not yet implemented).
+    User,
+    /// A service (API key, signing service account).
+    Service,
+}
+
+impl PrincipalKind {
+    /// `bot`, `user` or `service`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::Bot => "bot",
+            PrincipalKind::User => "user",
+            PrincipalKind::Service => "service",
+        }
+    }
+}
+
+/// How the caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// Web Bot Auth (RFC 9421, `tag="web-bot-auth"`).
+    WebBotAuth,
+    /// RFC 9421 signature by a configured service account.
+    HttpSignature,
+    /// API key.
+    ApiKey,
+}
+
+impl AuthMethod {
+    /// Stable name for headers, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::WebBotAuth => "web-bot-auth",
+            AuthMethod::HttpSignature => "http-signature",
+            AuthMethod::ApiKey => "api-key",
+        }
+    }
+}
+
+/// The verified identity every later stage uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Kind.
+    pub kind: PrincipalKind,
+    /// Stable id (`bot:<agent>#<thumbprint>`, `service:<name>`, `key:<name>`).
+    pub id: String,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// User (for users, or bots acting for one).
+    pub user: Option<String>,
+    /// Agent URL (bots).
+    pub agent: Option<String>,
+    /// How it authenticated.
+    pub auth_method: AuthMethod,
+    /// Key id (thumbprint) that signed, if any.
+    pub key_id: Option<String>,
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// 400 (malformed credentials) or 401.
+    pub status: StatusCode,
+    /// Machine-readable reason.
+    pub code: String,
+    /// Detail.
+    pub message: String,
+}
+
+fn reject(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Rejection {
+    Rejection {
+        status,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// A configured RFC 9421 signer.
+#[derive(Debug)]
+pub struct ServiceKey {
+    /// Name.
+    pub name: String,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Thumbprint of its key.
+    pub thumbprint: String,
+    /// The key.
+    pub key: VerifyingKey,
+}
+
+impl ServiceKey {
+    /// From the configuration.
+    pub fn from_config(s: &crate::config::ServiceAccount) -> Result<Self, String> {
+        let jwk: Jwk = serde_json::from_value(s.jwk.clone())
+            .map_err(|e| format!("service account {}: {e}", s.name))?;
+        if jwk.is_private() || jwk.kty == "oct" {
+            return Err(format!(
+                "service account {}: a public asymmetric JWK is required",
+                s.name
+            ));
+        }
+        let thumbprint = jwk.thumbprint().map_err(|e| e.to_string())?;
+        let key = jwk
+            .verifying_key(None)
+            .map_err(|e| format!("service account {}: {e}", s.name))?;
+        Ok(ServiceKey {
+            name: s.name.clone(),
+            tenant: s.tenant.clone(),
+            thumbprint,
+            key,
+        })
+    }
+}
+
+/// Everything identity needs.
+pub struct Authenticator {
+    /// Web Bot Auth verifier (with its directory client).
+    pub bots: Arc<Verifier>,
+    /// Signing service accounts.
+    pub services: Vec<ServiceKey>,
+    /// API keys.
+    pub api_keys: ApiKeys,
+    /// Replay store for service-account nonces.
+    pub nonces: Arc<dyn NonceStore>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("services", &self.services.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_malformed(code: &str) -> bool {
+    matches!(
+        code,
+        "malformed_header"
+            | "duplicate_label"
+            | "duplicate_parameter"
+            | "duplicate_component"
+            | "invalid_component"
+    )
+}
+
+impl Authenticator {
+    /// The principal of a request head (`now` in unix seconds).
+    pub async fn authenticate(&self, head: &Request<()>, now: i64) -> Result<Principal, Rejection> {
+        let headers = head.headers();
+        if headers.contains_key("signature-input") || headers.contains_key("signature") {
+            return self.signed(head, now).await;
+        }
+        if let Some(auth) = headers.get("authorization") {
+            let v = auth.to_str().map_err(|_| {
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_credentials",
+                    "Authorization is not text",
+                )
+            })?;
+            let token = v.strip_prefix("Bearer ").map(str::trim).ok_or_else(|| {
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_credentials",
+                    "Authorization must be Bearer",
+                )
+            })?;
+            if token.starts_with("oba_") {
+                let e = self.api_keys.check(token).ok_or_else(|| {
+                    reject(
+                        StatusCode::UNAUTHORIZED,
+                        "unknown_api_key",
+                        "unknown or revoked API key",
+                    )
+                })?;
+                return Ok(Principal {
+                    kind: PrincipalKind::Service,
+                    id: format!("key:{}", e.name),
+                    tenant: e.tenant.clone(),
+                    user: None,
+                    agent: None,
+                    auth_method: AuthMethod::ApiKey,
+                    key_id: None,
+                });
+            }
+            return Err(reject(
+                StatusCode::UNAUTHORIZED,
+                "unsupported_token",
+                "bearer tokens other than API keys are not accepted yet",
+            ));
+        }
+        Err(reject(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "credentials are required",
+        ))
+    }
+
+    async fn signed(&self, head: &Request<()>, now: i64) -> Result<Principal, Rejection> {
+        let entries = oba_httpsig::signatures(head).map_err(|e| {
+            let status = if is_malformed(e.reason().code()) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            reject(status, e.reason().code(), e.to_string())
+        })?;
+        let wba = entries.iter().any(|(_, e)| {
+            e.as_ref()
+                .is_ok_and(|e| e.params.tag() == Some(oba_webbotauth::TAG))
+        });
+        if wba {
+            return match self.bots.verify(head, now).await {
+                Outcome::Verified(v) => {
+                    let agent = v.agent.as_ref().map(|a| a.url.to_string());
+                    Ok(Principal {
+                        kind: PrincipalKind::Bot,
+                        id: format!("bot:{}#{}", agent.as_deref().unwrap_or(""), v.thumbprint),
+                        tenant: None,
+                        user: None,
+                        agent,
+                        auth_method: AuthMethod::WebBotAuth,
+                        key_id: Some(v.thumbprint),
+                    })
+                }
+                Outcome::Invalid(r) if is_malformed(r.code) => {
+                    Err(reject(StatusCode::BAD_REQUEST, r.code, r.message))
+                }
+                Outcome::Invalid(r) | Outcome::Unverified(r) => {
+                    Err(reject(StatusCode::UNAUTHORIZED, r.code, r.message))
+                }
+            };
+        }
+        // Service accounts: the signature's keyid names the account or its thumbprint.
+        let policy = Policy::default()
+            .max_age(300)
+            .clock_skew(30)
+            .require_keyid(true);
+        let mut last = reject(
+            StatusCode::UNAUTHORIZED,
+            "unknown_key",
+            "no configured key for this signature",
+        );
+        for (_, entry) in entries {
+            let Ok(entry) = entry else { continue };
+            let Some(keyid) = entry.params.keyid() else {
+                continue;
+            };
+            let Some(svc) = self
+                .services
+                .iter()
+                .find(|s| s.thumbprint == keyid || s.name == keyid)
+            else {
+                continue;
+            };
+            match oba_httpsig::verify_signature(head, None, &entry, &svc.key, &policy, now) {
+                Ok(_) => {
+                    if let Some(nonce) = entry.params.nonce() {
+                        let until = entry.params.created().unwrap_or(now).saturating_add(330);
+                        if !self.nonces.check_and_record(
+                            &format!("service:{}", svc.name),
+                            nonce,
+                            until,
+                            now,
+                        ) {
+                            return Err(reject(
+                                StatusCode::UNAUTHORIZED,
+                                Reason::Replay.code(),
+                                "nonce seen before",
+                            ));
+                        }
+                    }
+                    return Ok(Principal {
+                        kind: PrincipalKind::Service,
+                        id: format!("service:{}", svc.name),
+                        tenant: svc.tenant.clone(),
+                        user: None,
+                        agent: None,
+                        auth_method: AuthMethod::HttpSignature,
+                        key_id: Some(svc.thumbprint.clone()),
+                    });
+                }
+                Err(e) => last = reject(StatusCode::UNAUTHORIZED, e.reason().code(), e.to_string()),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The head of a request (what identity looks at), with the scheme it arrived over.
+pub fn head_of(
+    headers: &HeaderMap,
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    scheme: &str,
+) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = method.clone();
+    *head.uri_mut() = uri.clone();
+    *head.headers_mut() = headers.clone();
+    head.extensions_mut()
+        .insert(oba_httpsig::http::Scheme(scheme.to_owned()));
+    head
+}

@@ -1,0 +1,103 @@
+//! Zero-trust policy: deny by default; a request passes when one rule matches its
+//! principal, route and model.
+
+use crate::config::Rule;
+use crate::identity::Principal;
+
+fn glob(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
+}
+
+/// Does any rule allow `principal` to call `route` with `model`?
+pub fn allows(rules: &[Rule], principal: &Principal, route: &str, model: Option<&str>) -> bool {
+    rules.iter().any(|r| {
+        r.kind
+            .as_deref()
+            .is_none_or(|k| k == principal.kind.as_str())
+            && r.id.as_deref().is_none_or(|id| id == principal.id)
+            && r.tenant
+                .as_deref()
+                .is_none_or(|t| principal.tenant.as_deref() == Some(t))
+            && r.agent.as_deref().is_none_or(|a| {
+                principal
+                    .agent
+                    .as_deref()
+                    .is_some_and(|pa| pa.starts_with(a))
+            })
+            && (r.routes.is_empty() || r.routes.iter().any(|x| glob(x, route)))
+            && (r.models.is_empty() || model.is_some_and(|m| r.models.iter().any(|x| glob(x, m))))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{AuthMethod, PrincipalKind};
+
+    fn p(kind: PrincipalKind, id: &str, tenant: Option<&str>) -> Principal {
+        Principal {
+            kind,
+            id: id.into(),
+            tenant: tenant.map(Into::into),
+            user: None,
+            agent: None,
+            auth_method: AuthMethod::ApiKey,
+            key_id: None,
+        }
+    }
+
+    #[test]
+    fn deny_by_default_and_every_field_narrows() {
+        let svc = p(PrincipalKind::Service, "key:ci", Some("acme"));
+        assert!(!allows(&[], &svc, "/v1/models", None));
+        let rule = Rule {
+            tenant: Some("acme".into()),
+            routes: vec!["/v1/chat/completions".into()],
+            models: vec!["llama3*".into()],
+            ..Rule::default()
+        };
+        assert!(allows(
+            std::slice::from_ref(&rule),
+            &svc,
+            "/v1/chat/completions",
+            Some("llama3.1")
+        ));
+        assert!(!allows(
+            std::slice::from_ref(&rule),
+            &svc,
+            "/v1/chat/completions",
+            Some("gpt-4")
+        ));
+        assert!(!allows(
+            std::slice::from_ref(&rule),
+            &svc,
+            "/v1/chat/completions",
+            None
+        ));
+        assert!(!allows(
+            std::slice::from_ref(&rule),
+            &svc,
+            "/v1/embeddings",
+            Some("llama3")
+        ));
+        assert!(!allows(
+            std::slice::from_ref(&rule),
+            &p(PrincipalKind::Service, "key:x", Some("other")),
+            "/v1/chat/completions",
+            Some("llama3")
+        ));
+        let bots = Rule {
+            kind: Some("bot".into()),
+            ..Rule::default()
+        };
+        assert!(!allows(
+            std::slice::from_ref(&bots),
+            &svc,
+            "/v1/models",
+            None
+        ));
+    }
+}
