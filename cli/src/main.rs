@@ -19,6 +19,7 @@ use oba_httpsig::{
 };
 use serde_json::json;
 
+mod gateway_cmd;
 mod registry_cmd;
 mod wba;
 
@@ -72,6 +73,8 @@ enum Command {
     },
     /// One step for a new bot: a key, an agent, the key added, the Signature-Agent to use.
     Publish(registry_cmd::PublishArgs),
+    /// Attach Gateway: run it, or manage its API keys.
+    Gateway(gateway_cmd::GatewayArgs),
 }
 
 #[derive(Subcommand)]
@@ -242,6 +245,7 @@ fn main() -> ExitCode {
         Command::Directory { command } => wba::directory(command),
         Command::Registry { command } => registry_cmd::registry(command),
         Command::Publish(args) => registry_cmd::publish(args),
+        Command::Gateway(args) => gateway_cmd::gateway(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

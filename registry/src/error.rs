@@ -58,7 +58,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "too_many_keys", e.to_string())
             }
             StoreError::Db(e) => {
-                eprintln!("registry: database error: {e}");
+                crate::log(format_args!("registry: database error: {e}"));
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "storage_unavailable",

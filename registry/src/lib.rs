@@ -137,6 +137,13 @@ impl AppState {
 }
 
 /// Unix seconds now.
+/// Writes a log line to standard error; a closed stderr never takes a request down
+/// (`eprintln!` would panic).
+pub(crate) fn log(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{args}");
+}
+
 pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -245,7 +252,7 @@ pub async fn start(config: Config) -> Result<Registry, Error> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("registry: server error: {e}");
+            log(format_args!("registry: server error: {e}"));
         }
     });
     Ok(Registry {

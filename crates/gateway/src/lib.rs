@@ -97,6 +97,13 @@ impl Gateway {
     }
 }
 
+/// Writes a log line to standard error; a closed stderr never takes a request down
+/// (`eprintln!` would panic).
+pub(crate) fn log(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{args}");
+}
+
 pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -184,7 +191,7 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
         .with_state(state);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("gateway: server error: {e}");
+            log(format_args!("gateway: server error: {e}"));
         }
     });
     Ok(Gateway {
@@ -313,10 +320,10 @@ async fn proxy(
     let principal = match s.auth.authenticate(&head, now()).await {
         Ok(p) => p,
         Err(r) => {
-            eprintln!(
+            log(format_args!(
                 "gateway: {request_id}: authentication refused: {} ({})",
                 r.code, r.message
-            );
+            ));
             return fail(r.status, &r.code, &r.message);
         }
     };
@@ -340,10 +347,10 @@ async fn proxy(
         .ok()
         .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned));
     if !policy::allows(&s.config.policy, &principal, path, model.as_deref()) {
-        eprintln!(
+        log(format_args!(
             "gateway: {request_id}: policy denied {} on {path}",
             principal.id
-        );
+        ));
         return fail(
             StatusCode::FORBIDDEN,
             "forbidden",

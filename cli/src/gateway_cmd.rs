@@ -1,0 +1,157 @@
+//! `oba gateway`: run Attach Gateway; `oba gateway keys`: manage its API keys.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::{fail, now, write_stdout, Failure};
+
+/// `oba gateway`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct GatewayArgs {
+    #[command(subcommand)]
+    command: Option<GatewayCommand>,
+    /// TOML configuration file (flags below override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Upstream model server URL (OpenAI-compatible or Ollama).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// API key file (see `oba gateway keys create`).
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// Trust agents whose keys are under this URL prefix (a registry's /agents/), repeatable.
+    #[arg(long = "trust-registry")]
+    trust_registry: Vec<String>,
+    /// Allow http and loopback key directories (tests only).
+    #[arg(long)]
+    allow_insecure_directories: bool,
+    /// Add a policy rule allowing every authenticated principal (the default is deny).
+    #[arg(long)]
+    allow_authenticated: bool,
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key: printed once; only its hash is appended to the key file.
+    Create {
+        /// Name (the principal is `key:<name>`).
+        name: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Key file.
+        #[arg(long, default_value = "gateway-keys.jsonl")]
+        file: PathBuf,
+    },
+    /// List keys (names, tenants, state; never the keys).
+    List {
+        /// Key file.
+        #[arg(long, default_value = "gateway-keys.jsonl")]
+        file: PathBuf,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// Name.
+        name: String,
+        /// Key file.
+        #[arg(long, default_value = "gateway-keys.jsonl")]
+        file: PathBuf,
+    },
+}
+
+pub(crate) fn gateway(args: GatewayArgs) -> Result<u8, Failure> {
+    use attach_gateway::apikeys;
+    match args.command {
+        Some(GatewayCommand::Keys { command }) => match command {
+            KeysCommand::Create { name, tenant, file } => {
+                let key = apikeys::create(&file, &name, tenant.as_deref(), now()).map_err(fail)?;
+                write_stdout(format!("{key}\n").as_bytes())?;
+                eprintln!(
+                    "the key is shown once; its hash was appended to {}",
+                    file.display()
+                );
+                Ok(0)
+            }
+            KeysCommand::List { file } => {
+                let keys = apikeys::ApiKeys::load(&file).map_err(fail)?;
+                let list: Vec<_> = keys
+                    .list()
+                    .map(|e| serde_json::json!({ "name": e.name, "tenant": e.tenant, "created_at": e.created_at, "revoked": e.revoked }))
+                    .collect();
+                write_stdout(format!("{:#}\n", serde_json::json!({ "keys": list })).as_bytes())?;
+                Ok(0)
+            }
+            KeysCommand::Revoke { name, file } => {
+                apikeys::revoke(&file, &name).map_err(fail)?;
+                Ok(0)
+            }
+        },
+        None => run(args),
+    }
+}
+
+fn run(args: GatewayArgs) -> Result<u8, Failure> {
+    let mut config = match &args.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| fail(format!("{}: {e}", p.display())))?;
+            attach_gateway::GatewayConfig::from_toml(&text)
+                .map_err(|e| fail(format!("{}: {e}", p.display())))?
+        }
+        None => attach_gateway::GatewayConfig::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(u) = args.upstream {
+        config.upstreams.insert(
+            0,
+            attach_gateway::config::Upstream {
+                name: "default".into(),
+                kind: if u.contains(":11434") {
+                    attach_gateway::config::UpstreamKind::Ollama
+                } else {
+                    attach_gateway::config::UpstreamKind::Openai
+                },
+                url: u,
+                models: Vec::new(),
+            },
+        );
+    }
+    if args.api_key_file.is_some() {
+        config.api_key_file = args.api_key_file;
+    }
+    config.trusted_agents.extend(args.trust_registry);
+    config.allow_insecure_directories |= args.allow_insecure_directories;
+    if args.allow_authenticated {
+        config.policy.push(attach_gateway::config::Rule::default());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    rt.block_on(async move {
+        let gw = attach_gateway::start(config)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        eprintln!("gateway listening on http://{}", gw.addr);
+        let _ = tokio::signal::ctrl_c().await;
+        gw.stop();
+        Ok(0)
+    })
+}

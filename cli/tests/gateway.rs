@@ -1,0 +1,144 @@
+//! `oba gateway` end to end: keys created (shown once, hashed in the file), the gateway
+//! started from flags in front of a loopback upstream, a request with the key proxied,
+//! one without refused, and a revoked key refused after restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn oba(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oba"))
+        .args(args)
+        .output()
+        .expect("run oba")
+}
+
+fn gateway(upstream: &str, keys: &Path) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oba"))
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--api-key-file",
+            keys.to_str().unwrap(),
+            "--allow-authenticated",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    // Keep draining the gateway's log so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for l in reader.lines().map_while(Result::ok) {
+            eprintln!("gateway: {l}");
+        }
+    });
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("address printed")
+        .to_owned();
+    (Server(child), url)
+}
+
+#[test]
+fn keys_and_a_proxied_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.jsonl");
+    let f = file.to_str().unwrap();
+    let out = oba(&[
+        "gateway", "keys", "create", "ci", "--tenant", "acme", "--file", f,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("oba_"));
+    assert!(
+        !std::fs::read_to_string(&file).unwrap().contains(&key),
+        "only the hash is stored"
+    );
+    let list: serde_json::Value =
+        serde_json::from_slice(&oba(&["gateway", "keys", "list", "--file", f]).stdout).unwrap();
+    assert_eq!(list["keys"][0]["name"], "ci");
+    assert!(!list.to_string().contains(&key));
+    assert_eq!(
+        oba(&["gateway", "keys", "create", "ci", "--file", f])
+            .status
+            .code(),
+        Some(2),
+        "duplicate name"
+    );
+
+    // A loopback upstream that reports the stamp it received.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v1/models",
+        axum::routing::get(|h: axum::http::HeaderMap| async move {
+            let p = h
+                .get("x-attach-principal")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            let signed = h.contains_key("signature-input") && h.contains_key("signature");
+            format!("{{\"principal\":\"{p}\",\"stamped\":{signed}}}")
+        }),
+    );
+    rt.spawn(async move { axum::serve(listener, app).await });
+
+    let (gw, url) = gateway(&upstream, &file);
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let r = c
+            .get(format!("{url}/v1/models"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(v["principal"], "key:ci");
+        assert_eq!(v["stamped"], true);
+        let r = c.get(format!("{url}/v1/models")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().get("www-authenticate").is_some());
+    });
+    drop(gw);
+
+    assert_eq!(
+        oba(&["gateway", "keys", "revoke", "ci", "--file", f])
+            .status
+            .code(),
+        Some(0)
+    );
+    let (_gw, url) = gateway(&upstream, &file);
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!("{url}/v1/models"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "revoked");
+    });
+}
