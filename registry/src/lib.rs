@@ -109,8 +109,7 @@ pub(crate) struct AppState {
     pub(crate) config: Arc<Config>,
     pub(crate) public_url: Arc<str>,
     pub(crate) limiter: Arc<auth::FailureLimiter>,
-    pub(crate) oidc: Arc<oidc::OidcKeys>,
-    pub(crate) http: reqwest::Client,
+    pub(crate) oidc: Arc<oba_oidc::OidcVerifier>,
 }
 
 impl AppState {
@@ -233,11 +232,7 @@ pub async fn start(config: Config) -> Result<Registry, Error> {
         .unwrap_or_else(|| format!("http://{addr}"))
         .trim_end_matches('/')
         .to_owned();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let oidc = Arc::new(oidc::verifier(&config).map_err(|e| Error::Config(e.to_string()))?);
     let state = AppState {
         store,
         limiter: Arc::new(auth::FailureLimiter::new(
@@ -246,8 +241,7 @@ pub async fn start(config: Config) -> Result<Registry, Error> {
         )),
         config: Arc::new(config),
         public_url: public_url.clone().into(),
-        oidc: Arc::new(oidc::OidcKeys::default()),
-        http,
+        oidc,
     };
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
