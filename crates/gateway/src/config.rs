@@ -12,6 +12,12 @@
 //! kind = "ollama"              # or "openai"
 //! models = ["llama3*"]         # empty: the default upstream
 //!
+//! [[oidc_issuers]]             # bearer JWTs (people; client credentials = services)
+//! issuer = "https://login.example"
+//! audience = "attach-gateway"
+//! required_scopes = ["models"]
+//! tenant_claim = "org"
+//!
 //! [[service_accounts]]         # RFC 9421 signers known by their public key
 //! name = "batch-job"
 //! tenant = "acme"
@@ -65,6 +71,22 @@ pub struct ServiceAccount {
     pub jwk: serde_json::Value,
 }
 
+/// A trusted OIDC issuer (bearer JWTs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// `iss`, also the discovery base URL.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// Scopes the token must carry.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// The claim that names the tenant, if any.
+    #[serde(default)]
+    pub tenant_claim: Option<String>,
+}
+
 /// One allow rule.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +130,12 @@ pub struct GatewayConfig {
     /// RFC 9421 service accounts.
     #[serde(default)]
     pub service_accounts: Vec<ServiceAccount>,
+    /// Trusted OIDC issuers.
+    #[serde(default)]
+    pub oidc_issuers: Vec<OidcIssuerConfig>,
+    /// Allow http OIDC issuers (tests only).
+    #[serde(default)]
+    pub oidc_allow_http: bool,
     /// Agent key URL prefixes the gateway fetches keys from (registries, directories).
     #[serde(default)]
     pub trusted_agents: Vec<String>,

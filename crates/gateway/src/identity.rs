@@ -17,7 +17,7 @@ use crate::apikeys::ApiKeys;
 pub enum PrincipalKind {
     /// A bot or agent (Web Bot Auth).
     Bot,
-    /// A person (OIDC; not yet implemented).
+    /// A person (OIDC bearer token).
     User,
     /// A service (API key, signing service account).
     Service,
@@ -43,6 +43,8 @@ pub enum AuthMethod {
     HttpSignature,
     /// API key.
     ApiKey,
+    /// OIDC bearer JWT.
+    Oidc,
 }
 
 impl AuthMethod {
@@ -52,6 +54,7 @@ impl AuthMethod {
             AuthMethod::WebBotAuth => "web-bot-auth",
             AuthMethod::HttpSignature => "http-signature",
             AuthMethod::ApiKey => "api-key",
+            AuthMethod::Oidc => "oidc",
         }
     }
 }
@@ -141,6 +144,10 @@ pub struct Authenticator {
     pub api_keys: ApiKeys,
     /// Replay store for service-account nonces.
     pub nonces: Arc<dyn NonceStore>,
+    /// OIDC issuers (bearer JWTs).
+    pub oidc: oba_oidc::OidcVerifier,
+    /// Tenant claim per issuer.
+    pub tenant_claims: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Authenticator {

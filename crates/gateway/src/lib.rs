@@ -5,7 +5,8 @@
 //!
 //! 1. **identity** ([`identity`]): a Web Bot Auth signature (keys resolved through the
 //!    directory client, limited to trusted agent URL prefixes), an RFC 9421 signature by
-//!    a configured service account, or an API key ([`apikeys`]) — one [`Principal`];
+//!    a configured service account, an OIDC bearer JWT from one of several issuers
+//!    (`oba-oidc`), or an API key ([`apikeys`]) — one [`Principal`];
 //! 2. **policy** ([`policy`]): deny by default; rules on kind, id, tenant, agent, route,
 //!    model;
 //! 3. **the stamp** ([`stamp`]): client `X-Attach-*` fields removed, the verified identity
@@ -15,7 +16,7 @@
 //!    streamed back chunk by chunk; upstream down → 502, timeout → 504, JSON errors with a
 //!    request id.
 //!
-//! Not yet: OIDC bearer tokens, Redis nonces, metrics, `oba up` (see the issue notes).
+//! Not yet: Redis nonces, metrics, `oba up` (see the issue notes).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -144,6 +145,24 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
     .with_nonce_store(nonces.clone());
     // Zero trust: with no trusted agent prefixes, no agent's keys are fetched.
     bots = bots.with_trusted_agents(config.trusted_agents.clone());
+    let oidc = oba_oidc::OidcVerifier::new(
+        config
+            .oidc_issuers
+            .iter()
+            .map(|i| oba_oidc::Issuer {
+                issuer: i.issuer.clone(),
+                audience: i.audience.clone(),
+                required_scopes: i.required_scopes.clone(),
+            })
+            .collect(),
+        config.oidc_allow_http,
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
+    let tenant_claims = config
+        .oidc_issuers
+        .iter()
+        .filter_map(|i| i.tenant_claim.clone().map(|c| (i.issuer.clone(), c)))
+        .collect();
     let stamp_jwk = match &config.stamp_key_file {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -173,6 +192,8 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
             services,
             api_keys,
             nonces,
+            oidc,
+            tenant_claims,
         },
         stamp,
         http,
@@ -213,7 +234,7 @@ async fn resource_metadata(State(s): State<AppState>) -> Response {
         StatusCode::OK,
         serde_json::json!({
             "resource": s.0.public_url,
-            "authorization_servers": [],
+            "authorization_servers": s.0.config.oidc_issuers.iter().map(|i| i.issuer.clone()).collect::<Vec<_>>(),
             "bearer_methods_supported": ["header"],
             "resource_signing_alg_values_supported": ["ed25519", "ecdsa-p256-sha256", "ecdsa-p384-sha384", "rsa-pss-sha512"],
         }),
