@@ -30,6 +30,15 @@ pub(crate) struct GatewayArgs {
     /// Allow http and loopback key directories (tests only).
     #[arg(long)]
     allow_insecure_directories: bool,
+    /// Share the replay store with other replicas through Redis.
+    #[arg(long)]
+    redis: Option<String>,
+    /// OIDC issuer to trust (with --oidc-audience), repeatable.
+    #[arg(long = "oidc-issuer", requires = "oidc_audience")]
+    oidc_issuer: Vec<String>,
+    /// Audience the OIDC tokens must carry.
+    #[arg(long)]
+    oidc_audience: Option<String>,
     /// Add a policy rule allowing every authenticated principal (the default is deny).
     #[arg(long)]
     allow_authenticated: bool,
@@ -136,6 +145,19 @@ fn run(args: GatewayArgs) -> Result<u8, Failure> {
         config.api_key_file = args.api_key_file;
     }
     config.trusted_agents.extend(args.trust_registry);
+    if args.redis.is_some() {
+        config.redis_url = args.redis;
+    }
+    for issuer in args.oidc_issuer {
+        config
+            .oidc_issuers
+            .push(attach_gateway::config::OidcIssuerConfig {
+                issuer,
+                audience: args.oidc_audience.clone().unwrap_or_default(),
+                required_scopes: Vec::new(),
+                tenant_claim: None,
+            });
+    }
     config.allow_insecure_directories |= args.allow_insecure_directories;
     if args.allow_authenticated {
         config.policy.push(attach_gateway::config::Rule::default());

@@ -142,6 +142,15 @@ pub struct GatewayConfig {
     /// Allow http and loopback directories (tests only).
     #[serde(default)]
     pub allow_insecure_directories: bool,
+    /// Redis URL for the shared replay store (several replicas); in-process without it.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// Refuse signed requests without a nonce.
+    #[serde(default)]
+    pub require_nonce: bool,
     /// Allow rules (deny by default).
     #[serde(default)]
     pub policy: Vec<Rule>,
@@ -164,6 +173,9 @@ pub struct GatewayConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+fn default_redis_prefix() -> String {
+    "oba:gw:nonce:".into()
 }
 fn default_max_body() -> usize {
     10 * 1024 * 1024

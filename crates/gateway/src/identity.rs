@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use oba_httpsig::jwk::Jwk;
 use oba_httpsig::{Policy, Reason, VerifyingKey};
 use oba_webbotauth::client::Verifier;
-use oba_webbotauth::nonce::NonceStore;
 use oba_webbotauth::Outcome;
 
 use crate::apikeys::ApiKeys;
@@ -122,7 +121,11 @@ impl ServiceKey {
             ));
         }
         let thumbprint = jwk.thumbprint().map_err(|e| e.to_string())?;
-        let key = jwk
+        // The account is chosen by keyid (name or thumbprint) before verification; the key
+        // itself carries no id, so the JWK's own `kid` cannot contradict the account name.
+        let mut bare = jwk.clone();
+        bare.kid = None;
+        let key = bare
             .verifying_key(None)
             .map_err(|e| format!("service account {}: {e}", s.name))?;
         Ok(ServiceKey {
@@ -142,8 +145,10 @@ pub struct Authenticator {
     pub services: Vec<ServiceKey>,
     /// API keys.
     pub api_keys: ApiKeys,
-    /// Replay store for service-account nonces.
-    pub nonces: Arc<dyn NonceStore>,
+    /// Replay store (all signed methods), consulted after verification.
+    pub replay: crate::replay::ReplayStore,
+    /// Refuse signed requests without a nonce.
+    pub require_nonce: bool,
     /// OIDC issuers (bearer JWTs).
     pub oidc: oba_oidc::OidcVerifier,
     /// Tenant claim per issuer.
@@ -209,17 +214,91 @@ impl Authenticator {
                     key_id: None,
                 });
             }
-            return Err(reject(
-                StatusCode::UNAUTHORIZED,
-                "unsupported_token",
-                "bearer tokens other than API keys are not accepted yet",
-            ));
+            if self.oidc.issuers().is_empty() || !oba_oidc::OidcVerifier::looks_like_jwt(token) {
+                return Err(reject(
+                    StatusCode::UNAUTHORIZED,
+                    "unknown_token",
+                    "not an API key or a token from a trusted issuer",
+                ));
+            }
+            let v = self.oidc.validate(token, now).await.map_err(|e| match e {
+                oba_oidc::OidcError::Malformed => {
+                    reject(StatusCode::BAD_REQUEST, e.code(), e.to_string())
+                }
+                oba_oidc::OidcError::Unavailable(_) => {
+                    reject(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+                }
+                _ => reject(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+            })?;
+            let tenant = self
+                .tenant_claims
+                .iter()
+                .find(|(iss, _)| *iss == v.issuer)
+                .and_then(|(_, claim)| v.claims[claim.as_str()].as_str().map(str::to_owned));
+            let service = v.is_client_credentials();
+            return Ok(Principal {
+                kind: if service {
+                    PrincipalKind::Service
+                } else {
+                    PrincipalKind::User
+                },
+                id: format!(
+                    "{}:{}#{}",
+                    if service { "client" } else { "user" },
+                    v.issuer,
+                    v.subject
+                ),
+                tenant,
+                user: (!service)
+                    .then(|| v.claims["email"].as_str().unwrap_or(&v.subject).to_owned()),
+                agent: None,
+                auth_method: AuthMethod::Oidc,
+                key_id: None,
+            });
         }
         Err(reject(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "credentials are required",
         ))
+    }
+
+    /// Records the nonce of a verified signature (until it expires, plus skew).
+    async fn replay_check(
+        &self,
+        scope: &str,
+        nonce: Option<&str>,
+        expires: i64,
+        now: i64,
+    ) -> Result<(), Rejection> {
+        let Some(nonce) = nonce else {
+            return if self.require_nonce {
+                Err(reject(
+                    StatusCode::UNAUTHORIZED,
+                    "nonce_required",
+                    "signed requests must carry a nonce",
+                ))
+            } else {
+                Ok(())
+            };
+        };
+        match self
+            .replay
+            .check_and_record(scope, nonce, expires.saturating_add(60), now)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(reject(
+                StatusCode::UNAUTHORIZED,
+                Reason::Replay.code(),
+                "nonce seen before",
+            )),
+            Err(e) => Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replay_store_unavailable",
+                e,
+            )),
+        }
     }
 
     async fn signed(&self, head: &Request<()>, now: i64) -> Result<Principal, Rejection> {
@@ -239,6 +318,9 @@ impl Authenticator {
             return match self.bots.verify(head, now).await {
                 Outcome::Verified(v) => {
                     let agent = v.agent.as_ref().map(|a| a.url.to_string());
+                    let scope = format!("bot:{}#{}", agent.as_deref().unwrap_or(""), v.thumbprint);
+                    self.replay_check(&scope, v.nonce.as_deref(), v.expires, now)
+                        .await?;
                     Ok(Principal {
                         kind: PrincipalKind::Bot,
                         id: format!("bot:{}#{}", agent.as_deref().unwrap_or(""), v.thumbprint),
@@ -281,21 +363,12 @@ impl Authenticator {
             };
             match oba_httpsig::verify_signature(head, None, &entry, &svc.key, &policy, now) {
                 Ok(_) => {
-                    if let Some(nonce) = entry.params.nonce() {
-                        let until = entry.params.created().unwrap_or(now).saturating_add(330);
-                        if !self.nonces.check_and_record(
-                            &format!("service:{}", svc.name),
-                            nonce,
-                            until,
-                            now,
-                        ) {
-                            return Err(reject(
-                                StatusCode::UNAUTHORIZED,
-                                Reason::Replay.code(),
-                                "nonce seen before",
-                            ));
-                        }
-                    }
+                    let until = entry.params.expires().unwrap_or_else(|| {
+                        entry.params.created().unwrap_or(now).saturating_add(300)
+                    });
+                    let scope = format!("service:{}#{}", svc.name, svc.thumbprint);
+                    self.replay_check(&scope, entry.params.nonce(), until, now)
+                        .await?;
                     return Ok(Principal {
                         kind: PrincipalKind::Service,
                         id: format!("service:{}", svc.name),

@@ -16,7 +16,7 @@
 //!    streamed back chunk by chunk; upstream down → 502, timeout → 504, JSON errors with a
 //!    request id.
 //!
-//! Not yet: Redis nonces, metrics, `oba up` (see the issue notes).
+//! Not yet: metrics, `oba up`, the load benchmark (see the issue notes).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -37,6 +37,7 @@ pub mod apikeys;
 pub mod config;
 pub mod identity;
 pub mod policy;
+pub mod replay;
 pub mod stamp;
 
 pub use config::GatewayConfig;
@@ -136,13 +137,18 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
             ..Default::default()
         })
         .map_err(|e| Error::Config(e.to_string()))?;
-    let nonces: Arc<oba_webbotauth::nonce::InMemoryNonceStore> = Arc::new(Default::default());
+    // Replay is checked by the gateway itself after verification (shared with Redis).
+    let replay = match &config.redis_url {
+        Some(url) => replay::ReplayStore::redis(url, &config.redis_prefix)
+            .await
+            .map_err(Error::Config)?,
+        None => replay::ReplayStore::Memory(Default::default()),
+    };
     let mut bots = oba_webbotauth::client::Verifier::new(oba_webbotauth::VerifyPolicy {
         allow_http_loopback: config.allow_insecure_directories,
         ..Default::default()
     })
-    .with_client(Arc::new(client))
-    .with_nonce_store(nonces.clone());
+    .with_client(Arc::new(client));
     // Zero trust: with no trusted agent prefixes, no agent's keys are fetched.
     bots = bots.with_trusted_agents(config.trusted_agents.clone());
     let oidc = oba_oidc::OidcVerifier::new(
@@ -191,7 +197,8 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
             bots: Arc::new(bots),
             services,
             api_keys,
-            nonces,
+            replay,
+            require_nonce: config.require_nonce,
             oidc,
             tenant_claims,
         },
