@@ -44,16 +44,17 @@ async fn upstream() -> (String, Seen) {
 }
 
 fn base_config(upstream: &str) -> GatewayConfig {
-    let mut c = GatewayConfig::default();
-    c.listen = "127.0.0.1:0".into();
-    c.upstreams.push(Upstream {
-        name: "up".into(),
-        url: upstream.into(),
-        kind: UpstreamKind::Openai,
-        models: vec![],
-    });
-    c.policy.push(Rule::default());
-    c
+    GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        upstreams: vec![Upstream {
+            name: "up".into(),
+            url: upstream.into(),
+            kind: UpstreamKind::Openai,
+            models: vec![],
+        }],
+        policy: vec![Rule::default()],
+        ..GatewayConfig::default()
+    }
 }
 
 /// A GET /v1/models signed by `key` as service account `name`, for the gateway at `addr`.
