@@ -21,6 +21,7 @@ use serde_json::json;
 
 mod gateway_cmd;
 mod registry_cmd;
+mod up_cmd;
 mod wba;
 
 #[derive(Parser)]
@@ -75,6 +76,8 @@ enum Command {
     Publish(registry_cmd::PublishArgs),
     /// Attach Gateway: run it, or manage its API keys.
     Gateway(gateway_cmd::GatewayArgs),
+    /// The whole stack on this machine: registry and gateway, SQLite under a data directory.
+    Up(up_cmd::UpArgs),
 }
 
 #[derive(Subcommand)]
@@ -246,6 +249,7 @@ fn main() -> ExitCode {
         Command::Registry { command } => registry_cmd::registry(command),
         Command::Publish(args) => registry_cmd::publish(args),
         Command::Gateway(args) => gateway_cmd::gateway(args),
+        Command::Up(args) => up_cmd::up(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -199,3 +199,24 @@ impl GatewayConfig {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses() {
+        let c = GatewayConfig::from_toml(include_str!("../gateway.example.toml")).unwrap();
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.upstreams[0].kind, UpstreamKind::Ollama);
+        assert_eq!(c.policy.len(), 2);
+        assert_eq!(c.service_accounts[0].name, "batch-job");
+        assert!(c.require_nonce);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(GatewayConfig::from_toml("listn = \"x\"").is_err());
+        assert!(GatewayConfig::from_toml("[[policy]]\nkinds = \"bot\"").is_err());
+    }
+}
