@@ -36,6 +36,7 @@ use oba_httpsig::jwk::Jwk;
 pub mod apikeys;
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod replay;
 pub mod stamp;
@@ -68,6 +69,7 @@ pub enum Error {
 }
 
 struct Inner {
+    metrics: metrics::Metrics,
     config: GatewayConfig,
     auth: identity::Authenticator,
     stamp: stamp::Stamper,
@@ -206,11 +208,16 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
         http,
         public_url,
         config,
+        metrics: metrics::Metrics::default(),
     }));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/.well-known/jwks.json", get(jwks))
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move { s.0.metrics.render() }),
+        )
         .route(
             "/.well-known/oauth-protected-resource",
             get(resource_metadata),
@@ -315,13 +322,33 @@ fn upstream_for<'a>(config: &'a GatewayConfig, model: Option<&str>) -> &'a confi
 }
 
 async fn proxy(
-    State(s): State<AppState>,
+    State(state): State<AppState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let s = &s.0;
+    let started = std::time::Instant::now();
+    let route = metrics::route_label(uri.path());
+    let mut auth_method = "none";
+    let resp = proxy_inner(&state.0, &mut auth_method, method, uri, headers, body).await;
+    state.0.metrics.request(
+        route,
+        resp.status().as_u16(),
+        auth_method,
+        started.elapsed(),
+    );
+    resp
+}
+
+async fn proxy_inner(
+    s: &Inner,
+    auth_method: &mut &'static str,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let request_id = oba_httpsig::random_nonce();
     let fail = |status, code: &str, msg: &str| error(status, code, msg, &request_id, &s.public_url);
     let path = uri.path();
@@ -346,8 +373,12 @@ async fn proxy(
     let scheme = s.public_url.split("://").next().unwrap_or("http");
     let head = identity::head_of(&headers, &method, &uri, scheme);
     let principal = match s.auth.authenticate(&head, now()).await {
-        Ok(p) => p,
+        Ok(p) => {
+            *auth_method = p.auth_method.as_str();
+            p
+        }
         Err(r) => {
+            s.metrics.auth_failure(&r.code);
             log(format_args!(
                 "gateway: {request_id}: authentication refused: {} ({})",
                 r.code, r.message

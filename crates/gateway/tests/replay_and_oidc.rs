@@ -319,5 +319,27 @@ async fn oidc_bearer_tokens_from_a_test_issuer() {
         assert_eq!(s, 401, "{name}: {body}");
         assert_eq!(body["error"]["code"], code, "{name}");
     }
+    // Metrics: bounded labels, the failures by reason.
+    let m = reqwest::get(format!("http://{}/metrics", gw.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(
+            r#"attach_requests_total{route="/v1/models",status="200",auth_method="oidc"} 2"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"attach_auth_failures_total{reason="expired"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"attach_auth_failures_total{reason="algorithm_not_allowed"} 2"#),
+        "{m}"
+    );
+    assert!(!m.contains("alice"), "no per-user labels");
     gw.stop();
 }

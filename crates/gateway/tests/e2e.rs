@@ -1,0 +1,2017 @@
+//! End-to-end tests of the Attach Gateway over real sockets.
+//!
+//! Every test runs the gateway ([`attach_gateway::start`]) in front of a TEST UPSTREAM
+//! written here (axum on `127.0.0.1:0`) that speaks enough of the OpenAI and Ollama
+//! protocols: `POST /v1/chat/completions` (JSON, or with `"stream": true` an SSE stream
+//! ending with a usage chunk and `data: [DONE]`), `GET /v1/models`, and `POST /api/chat`
+//! (an NDJSON stream).
+//!
+//! The upstream trusts nothing it did not verify: on every request it rebuilds the
+//! request as an [`oba_httpsig::Message`] and verifies the gateway's `attach` stamp
+//! signature (tag `attach-gateway`, key fetched from the gateway's
+//! `/.well-known/jwks.json`, covering `@method @authority @path @query`, `content-digest`
+//! when there is a body and every `X-Attach-*` field present), checks `Content-Digest`
+//! against the body, and records what it saw for the test to inspect. An unstamped or
+//! badly stamped request gets `401` from the upstream itself.
+//!
+//! Streaming is checked causally: the upstream sends the first chunk, then waits for the
+//! test to say it received that chunk before it sends the rest, so a gateway that buffers
+//! responses fails instead of passing slowly.
+//!
+//! Identity is exercised for real: API keys in a key file, RFC 9421 service-account
+//! signatures, and Web Bot Auth with keys published in a real `oba_registry` (added with
+//! proof of possession) and fetched by the gateway's directory client.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use attach_gateway::config::{Rule, ServiceAccount, Upstream, UpstreamKind};
+use attach_gateway::{apikeys, Gateway, GatewayConfig};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
+use futures_util::{Stream, StreamExt};
+use oba_httpsig::digest::{DigestAlgorithm, DigestField};
+use oba_httpsig::jwk::{Jwk, JwkSet};
+use oba_httpsig::{Algorithm, Component, Derived, Message, Policy, SignatureParams};
+use oba_webbotauth::WebBotAuthSigner;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------
+// Shared helpers.
+// ---------------------------------------------------------------------------------------
+
+/// Unix seconds now.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// A client for the tests: no proxy (everything is on loopback), bounded in time.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("reqwest client")
+}
+
+fn chat_body(model: &str, stream: bool) -> Vec<u8> {
+    json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{ "role": "user", "content": "Say hello" }],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn sha256_digest(body: &[u8]) -> String {
+    DigestField::compute(&[DigestAlgorithm::Sha256], body).to_header_value()
+}
+
+/// The JSON error shape: status, `{"error":{"code","message","request_id"}}`, the request
+/// id also in `x-request-id`. Returns the response headers and the error object.
+async fn expect_error_status(resp: reqwest::Response, status: u16) -> (HeaderMap, Value) {
+    let got = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("error body");
+    assert_eq!(got, status, "status (body: {text})");
+    assert!(
+        headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+        "a JSON error: {headers:?}"
+    );
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let err = &v["error"];
+    assert!(
+        err["code"].as_str().is_some_and(|c| !c.is_empty()),
+        "an error code in {text}"
+    );
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "an error message in {text}"
+    );
+    let rid = err["request_id"].as_str().expect("request_id");
+    assert!(!rid.is_empty(), "a request id in {text}");
+    let header_ids: Vec<_> = headers.get_all("x-request-id").iter().collect();
+    assert_eq!(header_ids.len(), 1, "one x-request-id: {headers:?}");
+    assert_eq!(header_ids[0], rid, "x-request-id = error.request_id");
+    (headers, err.clone())
+}
+
+/// [`expect_error_status`] with this error code.
+async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> (HeaderMap, Value) {
+    let (headers, err) = expect_error_status(resp, status).await;
+    assert_eq!(err["code"], code, "error code in {err}");
+    (headers, err)
+}
+
+// ---------------------------------------------------------------------------------------
+// The test upstream: a model server that verifies the gateway's stamp.
+// ---------------------------------------------------------------------------------------
+
+/// What the upstream saw on a request whose stamp verified.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    /// Every `x-attach-*` field, all values.
+    attach: BTreeMap<String, Vec<String>>,
+    /// Every header line as received (for replaying to the upstream directly).
+    raw: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    /// The single value of `x-attach-<name>` (none, or a panic if repeated).
+    fn attach(&self, name: &str) -> Option<&str> {
+        let values = self.attach.get(&format!("x-attach-{name}"))?;
+        assert_eq!(values.len(), 1, "x-attach-{name} once: {values:?}");
+        Some(values[0].as_str())
+    }
+    fn header(&self, name: &str) -> Vec<String> {
+        self.raw
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct UpState {
+    /// The stamp keys it trusts (from the gateways' JWKS).
+    keys: Mutex<Vec<Jwk>>,
+    seen: Mutex<Vec<Seen>>,
+    rejected: Mutex<Vec<String>>,
+    /// The test says "I have the first chunk" through this.
+    release: tokio::sync::Notify,
+    /// The stream was released by the test (not by the safety timeout).
+    released: AtomicBool,
+    /// The last chunk of the stream has been handed to the connection.
+    last_sent: AtomicBool,
+    hits: AtomicUsize,
+}
+
+struct TestUpstream {
+    addr: SocketAddr,
+    state: Arc<UpState>,
+}
+
+impl TestUpstream {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("lock").clone()
+    }
+    fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw a request")
+    }
+    fn rejected(&self) -> Vec<String> {
+        self.state.rejected.lock().expect("lock").clone()
+    }
+    fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn start_upstream() -> TestUpstream {
+    let state = Arc::new(UpState::default());
+    let app = axum::Router::new()
+        .fallback(upstream_handler)
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    TestUpstream { addr, state }
+}
+
+/// Verifies the stamp the way a model server would.
+fn verify_stamp(
+    s: &UpState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), String> {
+    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut msg = Message::request(method.as_str(), target)
+        .map_err(|e| format!("request: {e}"))?
+        .with_scheme("http");
+    for (name, value) in headers {
+        msg.append_header(name.as_str(), value.as_bytes());
+    }
+    for required in [
+        "x-attach-principal",
+        "x-attach-auth-method",
+        "x-attach-request-id",
+    ] {
+        if !headers.contains_key(required) {
+            return Err(format!("{required} missing"));
+        }
+    }
+    let entries = oba_httpsig::signatures(&msg).map_err(|e| format!("no stamp: {e}"))?;
+    let entry = entries
+        .into_iter()
+        .find(|(l, _)| l == "attach")
+        .ok_or("no signature labelled attach")?
+        .1
+        .map_err(|e| format!("stamp: {e}"))?;
+    let keyid = entry
+        .params
+        .keyid()
+        .ok_or("stamp without keyid")?
+        .to_owned();
+    let jwk = s
+        .keys
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|k| k.kid.as_deref() == Some(keyid.as_str()))
+        .cloned()
+        .ok_or_else(|| format!("unknown stamp key {keyid}"))?;
+    if jwk.thumbprint().map_err(|e| e.to_string())? != keyid {
+        return Err("stamp keyid is not the key's thumbprint".into());
+    }
+    let key = jwk.verifying_key(None).map_err(|e| e.to_string())?;
+    let field = |n: &str| Component::field(n).expect("field component");
+    let mut policy = Policy::default()
+        .allow_algorithms(&[Algorithm::Ed25519])
+        .require_tag("attach-gateway")
+        .require_keyid(true)
+        .max_age(60)
+        .clock_skew(5)
+        .require_component(Component::derived(Derived::Method))
+        .require_component(Component::derived(Derived::Authority))
+        .require_component(Component::derived(Derived::Path))
+        .require_component(Component::derived(Derived::Query));
+    if !body.is_empty() {
+        policy = policy.require_component(field("content-digest"));
+    }
+    for name in headers.keys() {
+        if name.as_str().starts_with("x-attach-") {
+            policy = policy.require_component(field(name.as_str()));
+        }
+    }
+    oba_httpsig::verify(&msg, None, Some("attach"), &key, &policy, now())
+        .map_err(|e| format!("stamp: {e}"))?;
+    if !body.is_empty() {
+        let cd = headers
+            .get("content-digest")
+            .and_then(|v| v.to_str().ok())
+            .ok_or("Content-Digest missing")?;
+        DigestField::parse(cd)
+            .and_then(|f| f.verify(body))
+            .map_err(|e| format!("Content-Digest: {e}"))?;
+    }
+    Ok(())
+}
+
+fn json_response(status: u16, v: &Value) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(v.to_string()))
+        .expect("response")
+}
+
+async fn upstream_handler(
+    State(s): State<Arc<UpState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    if let Err(e) = verify_stamp(&s, &method, &uri, &headers, &body) {
+        s.rejected.lock().expect("lock").push(e.clone());
+        return json_response(401, &json!({ "error": { "message": e } }));
+    }
+    let mut attach: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut raw = Vec::new();
+    for (n, v) in &headers {
+        raw.push((n.as_str().to_owned(), v.as_bytes().to_vec()));
+        if n.as_str().starts_with("x-attach-") {
+            attach
+                .entry(n.as_str().to_owned())
+                .or_default()
+                .push(v.to_str().unwrap_or_default().to_owned());
+        }
+    }
+    s.seen.lock().expect("lock").push(Seen {
+        method: method.to_string(),
+        target: uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        attach,
+        raw,
+        body: body.to_vec(),
+    });
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = req["model"].as_str().unwrap_or("llama3").to_owned();
+    if model == "slow" {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    match (method.as_str(), uri.path()) {
+        ("POST", "/v1/chat/completions") if req["stream"] == json!(true) => {
+            streamed(s, sse_chunks(&model), "text/event-stream")
+        }
+        ("POST", "/v1/chat/completions") => json_response(200, &completion(&model)),
+        ("GET", "/v1/models") => {
+            // Like hosted OpenAI-compatible servers, it sends its own request id.
+            let mut r = json_response(200, &models());
+            r.headers_mut().insert(
+                "x-request-id",
+                "upstream-generated-id".parse().expect("header"),
+            );
+            r
+        }
+        ("POST", "/api/chat") if req["stream"] != json!(false) => {
+            streamed(s, ndjson_chunks(&model), "application/x-ndjson")
+        }
+        _ => json_response(404, &json!({ "error": "not found" })),
+    }
+}
+
+fn completion(model: &str) -> Value {
+    json!({
+        "id": "chatcmpl-e2e",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": "Hello, world!" },
+            "finish_reason": "stop",
+        }],
+        "usage": { "prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9 },
+    })
+}
+
+fn models() -> Value {
+    json!({
+        "object": "list",
+        "data": [
+            { "id": "llama3.1", "object": "model", "owned_by": "e2e" },
+            { "id": "gpt-4", "object": "model", "owned_by": "e2e" },
+        ],
+    })
+}
+
+/// The SSE stream of a chat completion: content deltas, a finish chunk, a usage chunk,
+/// `[DONE]`.
+fn sse_chunks(model: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["Hello", ",", " world", "!"]
+        .iter()
+        .map(|w| {
+            let c = json!({
+                "id": "chatcmpl-e2e", "object": "chat.completion.chunk", "model": model,
+                "choices": [{ "index": 0, "delta": { "content": w }, "finish_reason": null }],
+            });
+            format!("data: {c}\n\n")
+        })
+        .collect();
+    let finish = json!({
+        "id": "chatcmpl-e2e", "object": "chat.completion.chunk", "model": model,
+        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }],
+    });
+    v.push(format!("data: {finish}\n\n"));
+    let usage = json!({
+        "id": "chatcmpl-e2e", "object": "chat.completion.chunk", "model": model,
+        "choices": [],
+        "usage": { "prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9 },
+    });
+    v.push(format!("data: {usage}\n\n"));
+    v.push("data: [DONE]\n\n".into());
+    v
+}
+
+/// The Ollama `/api/chat` NDJSON stream.
+fn ndjson_chunks(model: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["Hel", "lo", " there"]
+        .iter()
+        .map(|w| {
+            let c = json!({
+                "model": model, "created_at": "2024-01-01T00:00:00Z",
+                "message": { "role": "assistant", "content": w }, "done": false,
+            });
+            format!("{c}\n")
+        })
+        .collect();
+    let done = json!({
+        "model": model, "created_at": "2024-01-01T00:00:01Z",
+        "message": { "role": "assistant", "content": "" },
+        "done": true, "done_reason": "stop",
+        "total_duration": 1234, "prompt_eval_count": 5, "eval_count": 3,
+    });
+    v.push(format!("{done}\n"));
+    v
+}
+
+/// Streams `chunks`: the first at once, the rest only after the test released the stream
+/// (or after a 5 s safety timeout), with a small delay between them.
+fn streamed(s: Arc<UpState>, chunks: Vec<String>, content_type: &str) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            if i == 1 {
+                let released =
+                    tokio::time::timeout(Duration::from_secs(5), s.release.notified()).await;
+                s.released.store(released.is_ok(), Ordering::SeqCst);
+            } else if i > 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if tx.send(Bytes::from(c)).await.is_err() {
+                return;
+            }
+            if i + 1 == n {
+                s.last_sent.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(body))
+        .expect("stream response")
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateway set-ups.
+// ---------------------------------------------------------------------------------------
+
+fn config(upstream_url: &str) -> GatewayConfig {
+    GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        upstreams: vec![Upstream {
+            name: "test".into(),
+            url: upstream_url.into(),
+            kind: UpstreamKind::Openai,
+            models: Vec::new(),
+        }],
+        ..GatewayConfig::default()
+    }
+}
+
+fn tenant_rule(tenant: &str) -> Rule {
+    Rule {
+        tenant: Some(tenant.into()),
+        ..Rule::default()
+    }
+}
+
+/// Starts the gateway; the upstream learns its stamp key from `/.well-known/jwks.json`.
+async fn start_gateway(cfg: GatewayConfig, up: Option<&TestUpstream>) -> Gateway {
+    let gw = attach_gateway::start(cfg).await.expect("gateway starts");
+    let text = http()
+        .get(format!("http://{}/.well-known/jwks.json", gw.addr))
+        .send()
+        .await
+        .expect("GET jwks")
+        .text()
+        .await
+        .expect("jwks body");
+    let set = JwkSet::parse(&text).expect("a JWK Set");
+    let kid = gw
+        .stamp_public_jwk
+        .kid
+        .clone()
+        .expect("stamp key has a kid");
+    let published = set.find(&kid).expect("the stamp key is published").clone();
+    assert_eq!(
+        published, gw.stamp_public_jwk,
+        "published = Gateway.stamp_public_jwk"
+    );
+    if let Some(up) = up {
+        up.state.keys.lock().expect("lock").push(published);
+    }
+    gw
+}
+
+/// A gateway with an API key file holding key `ci` (tenant `acme`).
+struct KeyEnv {
+    up: TestUpstream,
+    gw: Gateway,
+    key: String,
+    keys_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl KeyEnv {
+    async fn start(rules: Vec<Rule>, tweak: impl FnOnce(&mut GatewayConfig)) -> KeyEnv {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_path = dir.path().join("keys.jsonl");
+        let key = apikeys::create(&keys_path, "ci", Some("acme"), now()).expect("create key");
+        let up = start_upstream().await;
+        let mut cfg = config(&up.url());
+        cfg.api_key_file = Some(keys_path.clone());
+        cfg.policy = rules;
+        tweak(&mut cfg);
+        let gw = start_gateway(cfg, Some(&up)).await;
+        KeyEnv {
+            up,
+            gw,
+            key,
+            keys_path,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gw.addr)
+    }
+
+    async fn chat(&self, key: &str, body: Vec<u8>) -> reqwest::Response {
+        http()
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST chat")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 0. The test upstream itself refuses what is not stamped by the gateway.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn test_upstream_refuses_unstamped_and_altered_requests() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let body = chat_body("llama3.1", false);
+    let resp = env.chat(&env.key, body.clone()).await;
+    assert_eq!(resp.status(), 200);
+    let seen = env.up.last();
+
+    // Straight to the upstream, no stamp.
+    let direct = http()
+        .post(format!("{}/v1/chat/completions", env.up.url()))
+        .header("x-attach-principal", "key:ci")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("direct");
+    assert_eq!(direct.status(), 401);
+
+    // The genuine stamp with one field changed, then with the body changed.
+    let replay = |principal: &'static str, body: Vec<u8>| {
+        let mut req = http().post(format!("{}/v1/chat/completions", env.up.url()));
+        for (n, v) in &seen.raw {
+            if n == "host" || n == "content-length" {
+                continue;
+            }
+            let v = if n == "x-attach-principal" {
+                principal.as_bytes().to_vec()
+            } else {
+                v.clone()
+            };
+            req = req.header(n.as_str(), v);
+        }
+        req.body(body).send()
+    };
+    let r = replay("key:admin", body.clone()).await.expect("altered");
+    assert_eq!(r.status(), 401, "an altered X-Attach-Principal is refused");
+    let r = replay("key:ci", chat_body("gpt-4", false))
+        .await
+        .expect("tampered");
+    assert_eq!(r.status(), 401, "a body that does not match the digest");
+    let rejected = env.up.rejected();
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    assert!(rejected[2].contains("Content-Digest"), "{rejected:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. API key.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn api_key_request_reaches_upstream_with_verified_stamp() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let body = chat_body("llama3.1", false);
+    let resp = env.chat(&env.key, body.clone()).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json")));
+    let rids: Vec<String> = resp
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect();
+    let v: Value = resp.json_body().await;
+    assert_eq!(
+        v,
+        completion("llama3.1"),
+        "the upstream's answer, unchanged"
+    );
+
+    assert!(env.up.rejected().is_empty(), "{:?}", env.up.rejected());
+    let seen = env.up.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, "POST");
+    assert_eq!(s.target, "/v1/chat/completions");
+    assert_eq!(s.body, body, "the body is forwarded unchanged");
+    assert_eq!(s.attach("principal"), Some("key:ci"));
+    assert_eq!(s.attach("auth-method"), Some("api-key"));
+    assert_eq!(s.attach("tenant"), Some("acme"));
+    assert_eq!(s.attach("user"), None);
+    assert_eq!(s.attach("agent"), None);
+    assert_eq!(s.attach("session"), None);
+    assert_eq!(rids.len(), 1, "one x-request-id: {rids:?}");
+    assert_eq!(s.attach("request-id"), Some(rids[0].as_str()));
+    assert!(
+        s.header("authorization").is_empty(),
+        "the caller's API key is not forwarded (forward_credentials = false)"
+    );
+    assert_eq!(s.header("content-digest").len(), 1);
+}
+
+/// `reqwest` without its `json` feature: parse the body ourselves.
+trait JsonBody {
+    async fn json_body(self) -> Value;
+}
+
+impl JsonBody for reqwest::Response {
+    async fn json_body(self) -> Value {
+        let text = self.text().await.expect("body");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+}
+
+#[tokio::test]
+async fn get_with_query_is_stamped_and_forwarded() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let resp = http()
+        .get(env.url("/v1/models?limit=2&after=x"))
+        .bearer_auth(&env.key)
+        .send()
+        .await
+        .expect("GET models");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json_body().await, models());
+    let s = env.up.last();
+    assert_eq!(s.method, "GET");
+    assert_eq!(
+        s.target, "/v1/models?limit=2&after=x",
+        "@query covered and kept"
+    );
+    assert!(s.body.is_empty());
+    assert!(
+        s.header("content-digest").is_empty(),
+        "no digest without a body"
+    );
+}
+
+/// The client must see one request id, the gateway's (the one in the stamp), even when
+/// the model server sends its own `x-request-id` (hosted OpenAI-compatible servers do).
+#[tokio::test]
+async fn response_request_id_is_the_gateways_even_when_upstream_sends_one() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let resp = http()
+        .get(env.url("/v1/models"))
+        .bearer_auth(&env.key)
+        .send()
+        .await
+        .expect("GET models");
+    assert_eq!(resp.status(), 200);
+    let rids: Vec<String> = resp
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect();
+    let stamped = env
+        .up
+        .last()
+        .attach("request-id")
+        .expect("stamped")
+        .to_owned();
+    assert_eq!(
+        rids,
+        vec![stamped],
+        "exactly one x-request-id, the gateway's (the upstream's must not shadow it)"
+    );
+}
+
+#[tokio::test]
+async fn forward_credentials_forwards_authorization_and_stamp_still_verifies() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |c| c.forward_credentials = true).await;
+    let resp = env.chat(&env.key, chat_body("llama3.1", false)).await;
+    assert_eq!(resp.status(), 200);
+    let s = env.up.last();
+    assert_eq!(
+        s.header("authorization"),
+        vec![format!("Bearer {}", env.key)]
+    );
+    assert_eq!(s.attach("principal"), Some("key:ci"));
+}
+
+#[tokio::test]
+async fn requests_are_routed_by_model_and_stamped_for_each_upstream() {
+    let ollama = start_upstream().await;
+    let openai = start_upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys.jsonl");
+    let key = apikeys::create(&keys, "ci", Some("acme"), now()).expect("key");
+    let mut cfg = config(&openai.url());
+    cfg.upstreams.insert(
+        0,
+        Upstream {
+            name: "ollama".into(),
+            url: ollama.url(),
+            kind: UpstreamKind::Ollama,
+            models: vec!["llama3*".into()],
+        },
+    );
+    cfg.api_key_file = Some(keys);
+    cfg.policy = vec![tenant_rule("acme")];
+    let gw = attach_gateway::start(cfg).await.expect("gateway");
+    for up in [&ollama, &openai] {
+        up.state
+            .keys
+            .lock()
+            .expect("lock")
+            .push(gw.stamp_public_jwk.clone());
+    }
+    for (model, want) in [
+        ("llama3.1", &ollama),
+        ("gpt-4", &openai),
+        ("llama3", &ollama),
+    ] {
+        let before = want.hits();
+        let resp = http()
+            .post(format!("http://{}/v1/chat/completions", gw.addr))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(chat_body(model, false))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 200, "{model}");
+        assert_eq!(want.hits(), before + 1, "{model} went to its upstream");
+    }
+    assert_eq!((ollama.hits(), openai.hits()), (2, 1));
+    assert!(ollama.rejected().is_empty() && openai.rejected().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Client X-Attach-* fields and sessions.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn spoofed_x_attach_fields_are_replaced_and_session_is_scoped() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let send = |session: Option<String>| {
+        let mut req = http()
+            .post(env.url("/v1/chat/completions"))
+            .bearer_auth(&env.key)
+            .header("content-type", "application/json")
+            .header("X-Attach-Principal", "admin")
+            .header("X-Attach-Tenant", "other")
+            .header("X-Attach-Auth-Method", "web-bot-auth")
+            .header("X-Attach-User", "root")
+            .header("X-Attach-Agent", "https://evil.example/")
+            .header("X-Attach-Request-Id", "chosen-by-client")
+            .header("X-Attach-Whatever", "x");
+        if let Some(s) = session {
+            req = req.header("X-Attach-Session", s);
+        }
+        req.body(chat_body("llama3.1", false)).send()
+    };
+    let resp = send(Some("chat-42_v1.2".into())).await.expect("send");
+    assert_eq!(resp.status(), 200);
+    let rid = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let s = env.up.last();
+    assert_eq!(s.attach("principal"), Some("key:ci"));
+    assert_eq!(s.attach("tenant"), Some("acme"));
+    assert_eq!(s.attach("auth-method"), Some("api-key"));
+    assert_eq!(s.attach("user"), None, "client X-Attach-User removed");
+    assert_eq!(s.attach("agent"), None, "client X-Attach-Agent removed");
+    assert_eq!(
+        s.attach("whatever"),
+        None,
+        "every client X-Attach-* removed"
+    );
+    assert_eq!(s.attach("request-id"), Some(rid.as_str()));
+    assert_eq!(s.attach("session"), Some("key:ci/chat-42_v1.2"));
+
+    // Invalid labels are dropped, not forwarded and not rejected.
+    for bad in [
+        "a/b".to_owned(),
+        "has space".to_owned(),
+        "x".repeat(65),
+        String::new(),
+        "key:ci/evil".to_owned(),
+    ] {
+        let resp = send(Some(bad.clone())).await.expect("send");
+        assert_eq!(resp.status(), 200, "{bad:?}");
+        let s = env.up.last();
+        assert_eq!(s.attach("session"), None, "invalid session label {bad:?}");
+        assert_eq!(s.attach("principal"), Some("key:ci"));
+    }
+    // The longest valid label.
+    let resp = send(Some("y".repeat(64))).await.expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        env.up.last().attach("session").map(str::to_owned),
+        Some(format!("key:ci/{}", "y".repeat(64)))
+    );
+    assert!(env.up.rejected().is_empty(), "{:?}", env.up.rejected());
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Streaming.
+// ---------------------------------------------------------------------------------------
+
+/// Reads from `stream` into `buf` until it holds at least `n` bytes.
+async fn read_at_least<S>(stream: &mut S, buf: &mut Vec<u8>, n: usize)
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+{
+    while buf.len() < n {
+        let chunk = stream
+            .next()
+            .await
+            .expect("the stream ended early")
+            .expect("a chunk");
+        buf.extend_from_slice(&chunk);
+    }
+}
+
+/// The first chunk reaches the client while the upstream is still holding the rest;
+/// then the whole body arrives unchanged.
+async fn assert_streams_incrementally(
+    up: &TestUpstream,
+    resp: reqwest::Response,
+    content_type: &str,
+    chunks: &[String],
+) {
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some(content_type)
+    );
+    let mut stream = Box::pin(resp.bytes_stream());
+    let mut got = Vec::new();
+    let first = chunks[0].len();
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        read_at_least(&mut stream, &mut got, first),
+    )
+    .await
+    .expect("the first chunk did not reach the client while the upstream was streaming");
+    assert!(
+        !up.state.last_sent.load(Ordering::SeqCst),
+        "the first chunk arrived before the upstream sent the last one"
+    );
+    assert_eq!(String::from_utf8_lossy(&got), chunks[0]);
+    up.state.release.notify_one();
+    let rest = async {
+        while let Some(c) = stream.next().await {
+            got.extend_from_slice(&c.expect("a chunk"));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), rest)
+        .await
+        .expect("the stream ends");
+    assert!(
+        up.state.released.load(Ordering::SeqCst),
+        "the upstream was released by the client's first chunk"
+    );
+    assert_eq!(String::from_utf8_lossy(&got), chunks.concat());
+}
+
+#[tokio::test]
+async fn openai_sse_stream_is_relayed_chunk_by_chunk() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let resp = env.chat(&env.key, chat_body("llama3.1", true)).await;
+    let chunks = sse_chunks("llama3.1");
+    assert!(chunks.last().is_some_and(|c| c == "data: [DONE]\n\n"));
+    assert!(chunks[chunks.len() - 2].contains("\"usage\""));
+    assert_streams_incrementally(&env.up, resp, "text/event-stream", &chunks).await;
+    assert_eq!(env.up.last().attach("principal"), Some("key:ci"));
+}
+
+#[tokio::test]
+async fn ollama_ndjson_stream_is_relayed_chunk_by_chunk() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |c| {
+        c.upstreams[0].kind = UpstreamKind::Ollama;
+    })
+    .await;
+    let body = json!({
+        "model": "llama3",
+        "messages": [{ "role": "user", "content": "hi" }],
+    })
+    .to_string();
+    let resp = http()
+        .post(env.url("/api/chat"))
+        .bearer_auth(&env.key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST /api/chat");
+    let chunks = ndjson_chunks("llama3");
+    assert_streams_incrementally(&env.up, resp, "application/x-ndjson", &chunks).await;
+    let s = env.up.last();
+    assert_eq!(s.target, "/api/chat");
+    assert_eq!(s.attach("auth-method"), Some("api-key"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Rejections.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn no_credentials_is_401_with_hints() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let resp = http()
+        .post(env.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body("llama3.1", false))
+        .send()
+        .await
+        .expect("send");
+    let (headers, _) = expect_error(resp, 401, "unauthenticated").await;
+    let www = headers
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .expect("WWW-Authenticate");
+    assert!(www.starts_with("Bearer "), "{www}");
+    assert!(
+        www.contains(&format!(
+            "resource_metadata=\"http://{}/.well-known/oauth-protected-resource\"",
+            env.gw.addr
+        )),
+        "{www}"
+    );
+    let accept = headers
+        .get("accept-signature")
+        .and_then(|v| v.to_str().ok())
+        .expect("Accept-Signature");
+    assert_eq!(accept, oba_webbotauth::layer::ACCEPT_SIGNATURE);
+    assert!(accept.contains("tag=\"web-bot-auth\""));
+    assert_eq!(env.up.hits(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn unknown_and_non_api_key_bearers_are_401() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let unknown = apikeys::new_key();
+    let resp = env.chat(&unknown, chat_body("llama3.1", false)).await;
+    let (headers, _) = expect_error(resp, 401, "unknown_api_key").await;
+    assert!(headers.contains_key("www-authenticate"));
+    // The right key with one character changed.
+    let mut near = env.key.clone();
+    let last = near.pop().expect("non-empty");
+    near.push(if last == 'A' { 'B' } else { 'A' });
+    let resp = env.chat(&near, chat_body("llama3.1", false)).await;
+    expect_error(resp, 401, "unknown_api_key").await;
+    let resp = env
+        .chat("eyJhbGciOi.jwt.token", chat_body("llama3.1", false))
+        .await;
+    // Not an API key, and no OIDC issuer is configured.
+    let (headers, _) = expect_error_status(resp, 401).await;
+    assert!(headers.contains_key("www-authenticate"));
+    assert_eq!(env.up.hits(), 0);
+}
+
+#[tokio::test]
+async fn revoked_key_is_401_after_restart() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    assert_eq!(
+        env.chat(&env.key, chat_body("llama3.1", false))
+            .await
+            .status(),
+        200
+    );
+    apikeys::revoke(&env.keys_path, "ci").expect("revoke");
+    env.gw.stop();
+    let mut cfg = config(&env.up.url());
+    cfg.api_key_file = Some(env.keys_path.clone());
+    cfg.policy = vec![tenant_rule("acme")];
+    let gw = start_gateway(cfg, Some(&env.up)).await;
+    let resp = http()
+        .post(format!("http://{}/v1/chat/completions", gw.addr))
+        .bearer_auth(&env.key)
+        .header("content-type", "application/json")
+        .body(chat_body("llama3.1", false))
+        .send()
+        .await
+        .expect("send");
+    expect_error(resp, 401, "unknown_api_key").await;
+    assert_eq!(env.up.hits(), 1, "only the request before revocation");
+}
+
+#[tokio::test]
+async fn paths_outside_routes_are_404() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    for path in [
+        "/admin",
+        "/v1/fine_tuning/jobs",
+        "/v1/chat/completions/",
+        "/V1/models",
+        "/api/pull",
+        "/v1/models/../../admin",
+        "/.well-known/other",
+    ] {
+        let resp = http()
+            .post(env.url(path))
+            .bearer_auth(&env.key)
+            .body("{}")
+            .send()
+            .await
+            .expect("send");
+        expect_error(resp, 404, "route_not_allowed").await;
+    }
+    assert_eq!(env.up.hits(), 0);
+}
+
+#[tokio::test]
+async fn policy_denials_are_403() {
+    let env = KeyEnv::start(
+        vec![
+            Rule {
+                tenant: Some("acme".into()),
+                routes: vec!["/v1/chat/completions".into()],
+                models: vec!["llama3*".into()],
+                ..Rule::default()
+            },
+            tenant_rule("gamma"),
+        ],
+        |_| {},
+    )
+    .await;
+    // A key of another tenant: the only rule naming a tenant it could match is gamma's.
+    let other = apikeys::create(&env.keys_path, "beta-key", Some("beta"), now()).expect("key");
+    let no_tenant = apikeys::create(&env.keys_path, "loose", None, now()).expect("key");
+    // Key files are read at start: restart on the same upstream.
+    env.gw.stop();
+    let mut cfg = config(&env.up.url());
+    cfg.api_key_file = Some(env.keys_path.clone());
+    cfg.policy = vec![
+        Rule {
+            tenant: Some("acme".into()),
+            routes: vec!["/v1/chat/completions".into()],
+            models: vec!["llama3*".into()],
+            ..Rule::default()
+        },
+        tenant_rule("gamma"),
+    ];
+    let gw = start_gateway(cfg, Some(&env.up)).await;
+    let chat = |key: String, model: &'static str| {
+        http()
+            .post(format!("http://{}/v1/chat/completions", gw.addr))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(chat_body(model, false))
+            .send()
+    };
+    expect_error(
+        chat(other, "llama3.1").await.expect("send"),
+        403,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        chat(no_tenant, "llama3.1").await.expect("send"),
+        403,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        chat(env.key.clone(), "gpt-4").await.expect("send"),
+        403,
+        "forbidden",
+    )
+    .await;
+    // No model at all does not match a rule that lists models.
+    let resp = http()
+        .post(format!("http://{}/v1/chat/completions", gw.addr))
+        .bearer_auth(&env.key)
+        .body("not json")
+        .send()
+        .await
+        .expect("send");
+    expect_error(resp, 403, "forbidden").await;
+    // A route the rule does not list.
+    let resp = http()
+        .get(format!("http://{}/v1/models", gw.addr))
+        .bearer_auth(&env.key)
+        .send()
+        .await
+        .expect("send");
+    expect_error(resp, 403, "forbidden").await;
+    assert_eq!(env.up.hits(), 0);
+    // What the rule allows.
+    let ok = chat(env.key.clone(), "llama3.1").await.expect("send");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(env.up.hits(), 1);
+}
+
+#[tokio::test]
+async fn body_over_max_body_is_413() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |c| c.max_body = 1024).await;
+    // Exactly at the limit passes.
+    let mut body = chat_body("llama3.1", false);
+    let pad = 1024 - body.len() - r#","pad":"""#.len();
+    body = json!({
+        "model": "llama3.1", "stream": false,
+        "messages": [{ "role": "user", "content": "Say hello" }],
+        "pad": "p".repeat(pad),
+    })
+    .to_string()
+    .into_bytes();
+    assert_eq!(body.len(), 1024);
+    assert_eq!(env.chat(&env.key, body).await.status(), 200);
+    // One byte over, and far over.
+    for size in [1025, 64 * 1024] {
+        let big = vec![b' '; size];
+        let resp = env.chat(&env.key, big).await;
+        expect_error(resp, 413, "body_too_large").await;
+    }
+    // Chunked, with no Content-Length.
+    let chunks: Vec<Result<Vec<u8>, Infallible>> = (0..8).map(|_| Ok(vec![b' '; 512])).collect();
+    let resp = http()
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(&env.key)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("send");
+    expect_error(resp, 413, "body_too_large").await;
+    assert_eq!(env.up.hits(), 1);
+    // Chunked and under the limit: forwarded whole, with the gateway's digest.
+    let small = chat_body("llama3.1", false);
+    let parts: Vec<Result<Vec<u8>, Infallible>> =
+        small.chunks(16).map(|c| Ok(c.to_vec())).collect();
+    let resp = http()
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(&env.key)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            parts,
+        )))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(env.up.last().body, small);
+}
+
+#[tokio::test]
+async fn upstream_down_is_502() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys.jsonl");
+    let key = apikeys::create(&keys, "ci", Some("acme"), now()).expect("key");
+    let mut cfg = config(&format!("http://{closed}"));
+    cfg.api_key_file = Some(keys);
+    cfg.policy = vec![tenant_rule("acme")];
+    let gw = start_gateway(cfg, None).await;
+    let resp = http()
+        .post(format!("http://{}/v1/chat/completions", gw.addr))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(chat_body("llama3.1", false))
+        .send()
+        .await
+        .expect("send");
+    expect_error(resp, 502, "upstream_unavailable").await;
+}
+
+#[tokio::test]
+async fn upstream_slower_than_first_byte_timeout_is_504() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |c| c.first_byte_timeout_secs = 1).await;
+    let t = Instant::now();
+    let resp = env.chat(&env.key, chat_body("slow", false)).await;
+    expect_error(resp, 504, "upstream_timeout").await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(
+        env.up.hits(),
+        1,
+        "the request did reach the (slow) upstream"
+    );
+}
+
+#[tokio::test]
+async fn tampered_body_with_content_digest_is_400() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let sent = chat_body("llama3.1", false);
+    let resp = http()
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(&env.key)
+        .header("content-type", "application/json")
+        .header("content-digest", sha256_digest(&chat_body("gpt-4", false)))
+        .body(sent.clone())
+        .send()
+        .await
+        .expect("send");
+    expect_error(resp, 400, "digest_mismatch").await;
+    // Not a digest at all.
+    let resp = http()
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(&env.key)
+        .header("content-digest", "not a digest")
+        .body(sent.clone())
+        .send()
+        .await
+        .expect("send");
+    expect_error(resp, 400, "digest_mismatch").await;
+    assert_eq!(env.up.hits(), 0);
+    // The right digest passes (and the upstream gets the gateway's own digest).
+    let resp = http()
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(&env.key)
+        .header("content-type", "application/json")
+        .header("content-digest", sha256_digest(&sent))
+        .body(sent.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        env.up.last().header("content-digest"),
+        vec![sha256_digest(&sent)]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Service accounts (RFC 9421).
+// ---------------------------------------------------------------------------------------
+
+struct SvcEnv {
+    up: TestUpstream,
+    gw: Gateway,
+    private: Jwk,
+}
+
+const SVC: &str = "batch-job";
+
+impl SvcEnv {
+    /// A gateway with service account `batch-job` (tenant `acme`) whose configured JWK
+    /// is `configured` (the public part of `private`, possibly edited).
+    async fn start_with(private: Jwk, configured: Value) -> SvcEnv {
+        SvcEnv::start_full(private, configured, |_| {}).await
+    }
+
+    /// [`SvcEnv::start`] with a configuration tweak.
+    async fn start_configured(tweak: impl FnOnce(&mut GatewayConfig)) -> SvcEnv {
+        let private = Jwk::generate(Algorithm::Ed25519).expect("key");
+        let public = serde_json::to_value(private.public().expect("public")).expect("json");
+        SvcEnv::start_full(private, public, tweak).await
+    }
+
+    async fn start_full(
+        private: Jwk,
+        configured: Value,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> SvcEnv {
+        let up = start_upstream().await;
+        let mut cfg = config(&up.url());
+        cfg.service_accounts = vec![ServiceAccount {
+            name: SVC.into(),
+            tenant: Some("acme".into()),
+            jwk: configured,
+        }];
+        cfg.policy = vec![Rule {
+            kind: Some("service".into()),
+            id: Some(format!("service:{SVC}")),
+            ..Rule::default()
+        }];
+        tweak(&mut cfg);
+        let gw = start_gateway(cfg, Some(&up)).await;
+        SvcEnv { up, gw, private }
+    }
+
+    /// Configured with the generated key's public part as is (`kid` = thumbprint).
+    async fn start() -> SvcEnv {
+        let private = Jwk::generate(Algorithm::Ed25519).expect("key");
+        let public = serde_json::to_value(private.public().expect("public")).expect("json");
+        SvcEnv::start_with(private, public).await
+    }
+
+    fn thumbprint(&self) -> String {
+        self.private.thumbprint().expect("thumbprint")
+    }
+
+    /// RFC 9421 headers for `POST /v1/chat/completions` with `body`, by `signer`.
+    fn sign(&self, signer: &Jwk, keyid: &str, body: &[u8], created: i64) -> Vec<(String, String)> {
+        let key = signer.signing_key(None).expect("signing key");
+        let digest = sha256_digest(body);
+        let msg = Message::request("POST", "/v1/chat/completions")
+            .expect("message")
+            .with_scheme("http")
+            .with_header("Host", self.gw.addr.to_string())
+            .with_header("Content-Digest", &digest)
+            .with_body(body.to_vec());
+        let params = SignatureParams::new(vec![
+            Component::derived(Derived::Method),
+            Component::derived(Derived::Authority),
+            Component::derived(Derived::Path),
+            Component::field("content-digest").expect("component"),
+        ])
+        .and_then(|p| p.with_created(created))
+        .and_then(|p| p.with_keyid(keyid))
+        .and_then(|p| p.with_nonce(&oba_httpsig::random_nonce()))
+        .expect("params");
+        let sig = oba_httpsig::sign(&msg, None, "sig1", params, &key).expect("sign");
+        vec![
+            ("content-digest".into(), digest),
+            ("signature-input".into(), sig.signature_input()),
+            ("signature".into(), sig.signature()),
+        ]
+    }
+
+    async fn send(&self, headers: &[(String, String)], body: &[u8]) -> reqwest::Response {
+        let mut req = http()
+            .post(format!("http://{}/v1/chat/completions", self.gw.addr))
+            .header("content-type", "application/json");
+        for (n, v) in headers {
+            req = req.header(n.as_str(), v.as_str());
+        }
+        req.body(body.to_vec()).send().await.expect("send")
+    }
+
+    fn assert_stamped_as_service(&self) {
+        let s = self.up.last();
+        assert_eq!(s.attach("principal"), Some("service:batch-job"));
+        assert_eq!(s.attach("auth-method"), Some("http-signature"));
+        assert_eq!(s.attach("tenant"), Some("acme"));
+        assert!(s.header("signature-agent").is_empty());
+        let inputs = s.header("signature-input");
+        assert_eq!(inputs.len(), 1, "only the stamp's signature: {inputs:?}");
+        assert!(inputs[0].starts_with("attach="), "{inputs:?}");
+        assert!(self.up.rejected().is_empty(), "{:?}", self.up.rejected());
+    }
+}
+
+#[tokio::test]
+async fn service_account_signed_with_thumbprint_keyid() {
+    let env = SvcEnv::start().await;
+    let body = chat_body("llama3.1", false);
+    let headers = env.sign(&env.private, &env.thumbprint(), &body, now());
+    let resp = env.send(&headers, &body).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    env.assert_stamped_as_service();
+}
+
+/// `keyid` = the account name, with the configured JWK exactly as generated (it carries
+/// `kid` = thumbprint, as every JWK from `Jwk::generate` and most tools do).
+#[tokio::test]
+async fn service_account_signed_with_account_name_keyid() {
+    let env = SvcEnv::start().await;
+    let body = chat_body("llama3.1", false);
+    let headers = env.sign(&env.private, SVC, &body, now());
+    let resp = env.send(&headers, &body).await;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "keyid = account name must be accepted: {text}");
+    env.assert_stamped_as_service();
+}
+
+/// The same, with a configured JWK that has no `kid` (as in the config.rs example).
+#[tokio::test]
+async fn service_account_without_kid_signed_with_account_name_keyid() {
+    let private = Jwk::generate(Algorithm::Ed25519).expect("key");
+    let mut public = private.public().expect("public");
+    public.kid = None;
+    let env = SvcEnv::start_with(private, serde_json::to_value(public).expect("json")).await;
+    let body = chat_body("llama3.1", false);
+    let headers = env.sign(&env.private, SVC, &body, now());
+    let resp = env.send(&headers, &body).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    env.assert_stamped_as_service();
+}
+
+#[tokio::test]
+async fn service_account_rejections() {
+    let env = SvcEnv::start().await;
+    let body = chat_body("llama3.1", false);
+    let kid = env.thumbprint();
+
+    // Created 400 s ago (max age 300 s + 30 s skew).
+    let old = env.sign(&env.private, &kid, &body, now() - 400);
+    expect_error(env.send(&old, &body).await, 401, "too_old").await;
+
+    // Signed by another key under this account's keyid.
+    let other = Jwk::generate(Algorithm::Ed25519).expect("key");
+    let wrong = env.sign(&other, &kid, &body, now());
+    expect_error(env.send(&wrong, &body).await, 401, "bad_signature").await;
+
+    // A keyid no account has.
+    let unknown = env.sign(&env.private, "nobody", &body, now());
+    expect_error(env.send(&unknown, &body).await, 401, "unknown_key").await;
+
+    // Replay of a good request.
+    let good = env.sign(&env.private, &kid, &body, now());
+    assert_eq!(env.send(&good, &body).await.status(), 200);
+    let (headers, _) = expect_error(env.send(&good, &body).await, 401, "replay").await;
+    assert!(headers.contains_key("www-authenticate"));
+    assert_eq!(env.up.hits(), 1, "only the first of the replayed pair");
+
+    // A signed digest with a different body: the signature holds, the digest does not.
+    let signed = env.sign(&env.private, &kid, &body, now());
+    let tampered = chat_body("gpt-4", false);
+    expect_error(env.send(&signed, &tampered).await, 400, "digest_mismatch").await;
+    assert_eq!(env.up.hits(), 1);
+}
+
+/// Signs `POST /v1/chat/completions` covering exactly `components`, with or without a
+/// nonce.
+fn sign_covering(
+    env: &SvcEnv,
+    components: Vec<Component>,
+    nonce: bool,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let key = env.private.signing_key(None).expect("signing key");
+    let digest = sha256_digest(body);
+    let msg = Message::request("POST", "/v1/chat/completions")
+        .expect("message")
+        .with_scheme("http")
+        .with_header("Host", env.gw.addr.to_string())
+        .with_header("Content-Digest", &digest)
+        .with_body(body.to_vec());
+    let mut params = SignatureParams::new(components)
+        .and_then(|p| p.with_created(now()))
+        .and_then(|p| p.with_keyid(&env.thumbprint()))
+        .expect("params");
+    if nonce {
+        params = params
+            .with_nonce(&oba_httpsig::random_nonce())
+            .expect("nonce");
+    }
+    let sig = oba_httpsig::sign(&msg, None, "sig1", params, &key).expect("sign");
+    vec![
+        ("content-digest".into(), digest),
+        ("signature-input".into(), sig.signature_input()),
+        ("signature".into(), sig.signature()),
+    ]
+}
+
+/// With `require_nonce = true`, a signature without a nonce is refused (it could be
+/// replayed for the whole 300 s window); with a nonce it passes once.
+#[tokio::test]
+async fn service_account_signature_without_nonce_is_refused_when_required() {
+    let env = SvcEnv::start_configured(|c| c.require_nonce = true).await;
+    let body = chat_body("llama3.1", false);
+    let components = || {
+        vec![
+            Component::derived(Derived::Method),
+            Component::derived(Derived::Authority),
+            Component::derived(Derived::Path),
+            Component::field("content-digest").expect("component"),
+        ]
+    };
+    let headers = sign_covering(&env, components(), false, &body);
+    expect_error(env.send(&headers, &body).await, 401, "nonce_required").await;
+    let headers = sign_covering(&env, components(), true, &body);
+    assert_eq!(env.send(&headers, &body).await.status(), 200);
+    expect_error(env.send(&headers, &body).await, 401, "replay").await;
+    assert_eq!(env.up.hits(), 1);
+}
+
+/// A service-account signature must bind the request: one that covers no component
+/// (or only `@authority`) is a bearer token for any method, route and body.
+#[tokio::test]
+async fn service_account_signature_must_bind_method_path_and_body() {
+    let env = SvcEnv::start().await;
+    let body = chat_body("llama3.1", false);
+    let mut accepted = Vec::new();
+    for (what, components) in [
+        ("no component", Vec::new()),
+        (
+            "@authority only",
+            vec![Component::derived(Derived::Authority)],
+        ),
+        (
+            "no content-digest although there is a body",
+            vec![
+                Component::derived(Derived::Method),
+                Component::derived(Derived::Authority),
+                Component::derived(Derived::Path),
+            ],
+        ),
+    ] {
+        let headers = sign_covering(&env, components, true, &body);
+        if env.send(&headers, &body).await.status() != 401 {
+            accepted.push(what);
+        }
+    }
+    // What an unbound signature allows: made for one request, used for another route
+    // with another body (no Content-Digest sent).
+    let headers = sign_covering(&env, Vec::new(), true, &body);
+    let mut req = http().post(format!("http://{}/api/chat", env.gw.addr));
+    for (n, v) in headers.iter().filter(|(n, _)| n != "content-digest") {
+        req = req.header(n.as_str(), v.as_str());
+    }
+    let resp = req
+        .body(r#"{"model":"anything","messages":[]}"#)
+        .send()
+        .await
+        .expect("send");
+    if resp.status() != 401 {
+        accepted.push("no component, reused on /api/chat with another body");
+    }
+    assert!(
+        accepted.is_empty(),
+        "service-account signatures accepted although they do not bind the request: {accepted:?}"
+    );
+    assert_eq!(env.up.hits(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Web Bot Auth through a real registry.
+// ---------------------------------------------------------------------------------------
+
+/// A registry with one agent whose key (`bot`) was added with proof of possession.
+struct RegistryAgent {
+    registry: oba_registry::Registry,
+    jwks_uri: String,
+    bot: Jwk,
+    _dir: tempfile::TempDir,
+}
+
+async fn registry_with_agent() -> RegistryAgent {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = oba_registry::start(oba_registry::Config {
+        listen: "127.0.0.1:0".into(),
+        db_url: format!("sqlite://{}", dir.path().join("r.db").display()),
+        ..oba_registry::Config::default()
+    })
+    .await
+    .expect("registry starts");
+    let admin = registry.admin_token.clone().expect("admin token");
+    let resp = http()
+        .post(format!("{}/v1/agents", registry.public_url))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(json!({ "name": "e2e-bot" }).to_string())
+        .send()
+        .await
+        .expect("create agent");
+    assert_eq!(resp.status(), 201);
+    let agent = resp.json_body().await;
+    let id = agent["id"].as_str().expect("agent id").to_owned();
+    let jwks_uri = agent["jwks_uri"].as_str().expect("jwks_uri").to_owned();
+    assert_eq!(
+        jwks_uri,
+        format!("{}/agents/{id}/jwks.json", registry.public_url)
+    );
+
+    let bot = Jwk::generate(Algorithm::Ed25519).expect("bot key");
+    let body = json!({ "jwk": bot.public().expect("public") }).to_string();
+    let url = format!("{}/v1/agents/{id}/keys", registry.public_url);
+    let proof = oba_registry::pop::proof_headers(&bot, "POST", &url, body.as_bytes(), now())
+        .expect("proof headers");
+    let mut req = http()
+        .post(&url)
+        .bearer_auth(&admin)
+        .header("content-type", "application/json");
+    for (n, v) in proof {
+        req = req.header(n, v);
+    }
+    let resp = req.body(body).send().await.expect("add key");
+    let status = resp.status();
+    assert!(
+        status.is_success(),
+        "add key: {status} {}",
+        resp.text().await.unwrap_or_default()
+    );
+    // The key is published.
+    let published = http()
+        .get(&jwks_uri)
+        .send()
+        .await
+        .expect("GET jwks")
+        .text()
+        .await
+        .expect("jwks");
+    assert!(
+        JwkSet::parse(&published)
+            .expect("JWK Set")
+            .find(&bot.thumbprint().expect("thumbprint"))
+            .is_some(),
+        "{published}"
+    );
+    RegistryAgent {
+        registry,
+        jwks_uri,
+        bot,
+        _dir: dir,
+    }
+}
+
+/// A plain JWKS server (untrusted by the gateway) publishing `key`; counts its hits.
+async fn jwks_server(key: &Jwk) -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let mut public = key.public().expect("public");
+    public.kid = Some(key.thumbprint().expect("thumbprint"));
+    let doc = json!({ "keys": [public] }).to_string();
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/agents/jwks.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                Response::builder()
+                    .header("content-type", "application/jwk-set+json")
+                    .body(Body::from(doc))
+                    .expect("response")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/agents/jwks.json"), hits)
+}
+
+/// Web Bot Auth headers for `POST /v1/chat/completions` to `gw`.
+fn bot_headers(
+    bot: &Jwk,
+    agent: &str,
+    gw: SocketAddr,
+    body: &[u8],
+    created: i64,
+) -> Vec<(&'static str, String)> {
+    let signer = WebBotAuthSigner::new(bot)
+        .and_then(|s| s.with_signature_agent(agent))
+        .expect("signer");
+    let msg = Message::request("POST", "/v1/chat/completions")
+        .expect("message")
+        .with_scheme("http")
+        .with_header("Host", gw.to_string())
+        .with_body(body.to_vec());
+    signer.sign(&msg, body, created).expect("sign")
+}
+
+async fn send_bot(
+    gw: SocketAddr,
+    headers: &[(&'static str, String)],
+    body: &[u8],
+) -> reqwest::Response {
+    let mut req = http()
+        .post(format!("http://{gw}/v1/chat/completions"))
+        .header("content-type", "application/json");
+    for (n, v) in headers {
+        req = req.header(*n, v.as_str());
+    }
+    req.body(body.to_vec()).send().await.expect("send")
+}
+
+#[tokio::test]
+async fn web_bot_auth_through_a_real_registry() {
+    let ra = registry_with_agent().await;
+    let up = start_upstream().await;
+    let mut cfg = config(&up.url());
+    cfg.trusted_agents = vec![format!("{}/agents/", ra.registry.public_url)];
+    cfg.allow_insecure_directories = true;
+    cfg.policy = vec![Rule {
+        kind: Some("bot".into()),
+        ..Rule::default()
+    }];
+    let gw = start_gateway(cfg, Some(&up)).await;
+    let body = chat_body("llama3.1", false);
+    let thumbprint = ra.bot.thumbprint().expect("thumbprint");
+
+    let headers = bot_headers(&ra.bot, &ra.jwks_uri, gw.addr, &body, now());
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| *n == "Signature-Agent" && v.contains("type=jwks_uri")),
+        "{headers:?}"
+    );
+    let resp = send_bot(gw.addr, &headers, &body).await;
+    let status = resp.status();
+    assert_eq!(status, 200, "{}", resp.text().await.unwrap_or_default());
+    let s = up.last();
+    assert_eq!(s.attach("auth-method"), Some("web-bot-auth"));
+    assert_eq!(s.attach("agent"), Some(ra.jwks_uri.as_str()));
+    assert_eq!(
+        s.attach("principal").map(str::to_owned),
+        Some(format!("bot:{}#{thumbprint}", ra.jwks_uri))
+    );
+    assert_eq!(s.attach("tenant"), None);
+    assert!(
+        s.header("signature-agent").is_empty(),
+        "the bot's credentials are not forwarded"
+    );
+    let inputs = s.header("signature-input");
+    assert_eq!(inputs.len(), 1, "{inputs:?}");
+    assert!(inputs[0].starts_with("attach="), "{inputs:?}");
+
+    // The same request again.
+    expect_error(send_bot(gw.addr, &headers, &body).await, 401, "replay").await;
+
+    // A fresh signature from the same bot still passes (keys come from the cache).
+    let again = bot_headers(&ra.bot, &ra.jwks_uri, gw.addr, &body, now());
+    assert_eq!(send_bot(gw.addr, &again, &body).await.status(), 200);
+
+    // Expired: created 400 s ago, valid for 60 s.
+    let old = bot_headers(&ra.bot, &ra.jwks_uri, gw.addr, &body, now() - 400);
+    expect_error(send_bot(gw.addr, &old, &body).await, 401, "expired").await;
+
+    // The same (registered) key, but published by an agent outside trusted_agents: its
+    // keys are never even fetched.
+    let (untrusted, hits) = jwks_server(&ra.bot).await;
+    let elsewhere = bot_headers(&ra.bot, &untrusted, gw.addr, &body, now());
+    expect_error(
+        send_bot(gw.addr, &elsewhere, &body).await,
+        401,
+        "keys_unavailable",
+    )
+    .await;
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "untrusted agent fetched");
+
+    // A key the registry agent does not publish.
+    let stranger = Jwk::generate(Algorithm::Ed25519).expect("key");
+    let unknown = bot_headers(&stranger, &ra.jwks_uri, gw.addr, &body, now());
+    let resp = send_bot(gw.addr, &unknown, &body).await;
+    assert_eq!(resp.status(), 401);
+
+    // The body is bound by the signed Content-Digest.
+    let signed = bot_headers(&ra.bot, &ra.jwks_uri, gw.addr, &body, now());
+    let resp = send_bot(gw.addr, &signed, &chat_body("gpt-4", false)).await;
+    expect_error(resp, 400, "digest_mismatch").await;
+
+    assert_eq!(
+        up.hits(),
+        2,
+        "only the two good requests reached the upstream"
+    );
+    assert!(up.rejected().is_empty(), "{:?}", up.rejected());
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Health and metadata.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn health_jwks_and_resource_metadata() {
+    let up = start_upstream().await;
+    let gw = start_gateway(config(&up.url()), Some(&up)).await;
+    let base = format!("http://{}", gw.addr);
+
+    for path in ["/healthz", "/readyz"] {
+        let r = http()
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
+    let r = http()
+        .get(format!("{base}/.well-known/jwks.json"))
+        .send()
+        .await
+        .expect("jwks");
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("application/json"));
+    let v = r.json_body().await;
+    let keys = v["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1);
+    let k = &keys[0];
+    let thumbprint = gw.stamp_public_jwk.thumbprint().expect("thumbprint");
+    assert_eq!(k["kid"], thumbprint.as_str());
+    assert_eq!(k["kty"], "OKP");
+    assert_eq!(k["crv"], "Ed25519");
+    assert!(k.get("d").is_none(), "no private part published: {k}");
+    let parsed: Jwk = serde_json::from_value(k.clone()).expect("JWK");
+    assert_eq!(parsed.thumbprint().expect("thumbprint"), thumbprint);
+
+    let r = http()
+        .get(format!("{base}/.well-known/oauth-protected-resource"))
+        .send()
+        .await
+        .expect("metadata");
+    assert_eq!(r.status(), 200);
+    let v = r.json_body().await;
+    assert_eq!(v["resource"], base.as_str());
+    assert_eq!(v["bearer_methods_supported"], json!(["header"]));
+    assert!(v["authorization_servers"].is_array());
+    assert!(v["resource_signing_alg_values_supported"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == "ed25519")));
+    assert_eq!(up.hits(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Configuration.
+// ---------------------------------------------------------------------------------------
+
+/// The example of `config.rs`'s module documentation.
+const DOC_EXAMPLE: &str = r#"
+listen = "127.0.0.1:8080"
+public_url = "https://gateway.example"
+api_key_file = "gateway-keys.jsonl"
+trusted_agents = ["https://registry.example/agents/"]
+
+[[upstreams]]
+name = "ollama"
+url = "http://127.0.0.1:11434"
+kind = "ollama"              # or "openai"
+models = ["llama3*"]         # empty: the default upstream
+
+[[service_accounts]]         # RFC 9421 signers known by their public key
+name = "batch-job"
+tenant = "acme"
+jwk = { kty = "OKP", crv = "Ed25519", x = "..." }
+
+[[policy]]                   # deny by default; a request needs one matching rule
+kind = "bot"                 # bot | user | service (optional)
+tenant = "acme"              # optional
+id = "key:ci"                # optional, exact principal id
+routes = ["/v1/chat/completions"]  # optional
+models = ["llama3*"]         # optional, `*` suffix = prefix
+"#;
+
+#[test]
+fn config_doc_example_parses() {
+    let c = GatewayConfig::from_toml(DOC_EXAMPLE).expect("the documented example parses");
+    assert_eq!(c.listen, "127.0.0.1:8080");
+    assert_eq!(c.public_url.as_deref(), Some("https://gateway.example"));
+    assert_eq!(
+        c.api_key_file.as_deref(),
+        Some(Path::new("gateway-keys.jsonl"))
+    );
+    assert_eq!(c.trusted_agents, vec!["https://registry.example/agents/"]);
+    assert_eq!(c.upstreams.len(), 1);
+    assert_eq!(c.upstreams[0].name, "ollama");
+    assert_eq!(c.upstreams[0].kind, UpstreamKind::Ollama);
+    assert_eq!(c.upstreams[0].models, vec!["llama3*"]);
+    assert_eq!(c.service_accounts[0].name, "batch-job");
+    assert_eq!(c.service_accounts[0].tenant.as_deref(), Some("acme"));
+    assert_eq!(c.service_accounts[0].jwk["kty"], "OKP");
+    let r = &c.policy[0];
+    assert_eq!(r.kind.as_deref(), Some("bot"));
+    assert_eq!(r.tenant.as_deref(), Some("acme"));
+    assert_eq!(r.id.as_deref(), Some("key:ci"));
+    assert_eq!(r.routes, vec!["/v1/chat/completions"]);
+    assert_eq!(r.models, vec!["llama3*"]);
+    // Defaults.
+    assert!(!c.forward_credentials);
+    assert!(!c.allow_insecure_directories);
+    assert_eq!(c.max_body, 10 * 1024 * 1024);
+    assert_eq!(c.connect_timeout_secs, 5);
+    assert_eq!(c.first_byte_timeout_secs, 60);
+    assert!(c.stamp_key_file.is_none());
+}
+
+#[test]
+fn config_unknown_fields_are_rejected() {
+    for (what, extra) in [
+        ("top level", "listne = \"127.0.0.1:1\"\n"),
+        (
+            "upstream",
+            "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\nkind = \"openai\"\nweight = 2\n",
+        ),
+        (
+            "service account",
+            "[[service_accounts]]\nname = \"a\"\njwk = {}\nscopes = []\n",
+        ),
+        (
+            "policy rule",
+            "[[policy]]\nkind = \"bot\"\naction = \"allow\"\n",
+        ),
+    ] {
+        let err = GatewayConfig::from_toml(extra).expect_err(what);
+        assert!(err.contains("unknown field"), "{what}: {err}");
+    }
+    let err = GatewayConfig::from_toml(
+        "[[upstreams]]\nname = \"a\"\nurl = \"http://x\"\nkind = \"grpc\"\n",
+    )
+    .expect_err("unknown kind");
+    assert!(
+        err.contains("grpc") || err.contains("unknown variant"),
+        "{err}"
+    );
+}
+
+/// The documented example, adapted (local addresses, a real key), runs.
+#[tokio::test]
+async fn config_doc_example_adapted_runs() {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("gateway-keys.jsonl");
+    let private = Jwk::generate(Algorithm::Ed25519).expect("key");
+    let x = private.x.clone().expect("x");
+    let toml = DOC_EXAMPLE
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("gateway-keys.jsonl", &keys.display().to_string())
+        .replace("http://127.0.0.1:11434", &up.url())
+        .replace("x = \"...\"", &format!("x = \"{x}\""));
+    let cfg = GatewayConfig::from_toml(&toml).expect("adapted example parses");
+    let gw = start_gateway(cfg, Some(&up)).await;
+    let resp = http()
+        .post(format!("http://{}/api/chat", gw.addr))
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
+    let (headers, _) = expect_error(resp, 401, "unauthenticated").await;
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .contains(
+            "resource_metadata=\"https://gateway.example/.well-known/oauth-protected-resource\""
+        ),
+        "public_url is used in the hint"
+    );
+    let meta = http()
+        .get(format!(
+            "http://{}/.well-known/oauth-protected-resource",
+            gw.addr
+        ))
+        .send()
+        .await
+        .expect("metadata")
+        .json_body()
+        .await;
+    assert_eq!(meta["resource"], "https://gateway.example");
+}
+
+#[tokio::test]
+async fn start_refuses_bad_configurations() {
+    let mut no_upstream = config("http://127.0.0.1:1");
+    no_upstream.upstreams.clear();
+    assert!(attach_gateway::start(no_upstream).await.is_err());
+    let mut bad_url = config("not a url");
+    bad_url.upstreams[0].url = "not a url".into();
+    assert!(attach_gateway::start(bad_url).await.is_err());
+    let private = Jwk::generate(Algorithm::Ed25519).expect("key");
+    let mut private_key = config("http://127.0.0.1:1");
+    private_key.service_accounts = vec![ServiceAccount {
+        name: "x".into(),
+        tenant: None,
+        jwk: serde_json::to_value(&private).expect("json"),
+    }];
+    assert!(
+        attach_gateway::start(private_key).await.is_err(),
+        "a private JWK as a service account key is refused"
+    );
+}
