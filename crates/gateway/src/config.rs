@@ -169,6 +169,9 @@ pub struct GatewayConfig {
     /// Upstream time to first byte, seconds (default 60).
     #[serde(default = "default_first_byte")]
     pub first_byte_timeout_secs: u64,
+    /// Longest silence inside an upstream response (a stalled stream), seconds (default 300).
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
 }
 
 fn default_listen() -> String {
@@ -182,6 +185,9 @@ fn default_max_body() -> usize {
 }
 fn default_connect() -> u64 {
     5
+}
+fn default_idle() -> u64 {
+    300
 }
 fn default_first_byte() -> u64 {
     60

@@ -184,6 +184,7 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
         .pool_idle_timeout(Duration::from_secs(90))
+        .read_timeout(Duration::from_secs(config.idle_timeout_secs))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Error::Config(e.to_string()))?;
