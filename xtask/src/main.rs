@@ -1,0 +1,398 @@
+//! `cargo run --release -p xtask -- bench-gateway [SECONDS] [CONCURRENCY]`: a load
+//! benchmark of Attach Gateway on this machine, everything in one process over loopback
+//! sockets: an in-process model server, the gateway in front of it, a key directory and
+//! an OIDC issuer. It prints a markdown table: requests/s and p50/p99 latency for the
+//! upstream directly, through the gateway with an API key, a Web Bot Auth Ed25519
+//! signature (a fresh nonce per request, signed by the client inside the loop), and a
+//! JWT; the p99 added at half of the maximum throughput; streaming time to first byte.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use futures_util::StreamExt;
+use oba_httpsig::jwk::Jwk;
+use oba_httpsig::{Algorithm, Signer};
+
+const CHAT: &str = r#"{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}"#;
+
+async fn serve(app: axum::Router) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+fn unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// How a request is authenticated.
+#[derive(Clone)]
+enum Auth {
+    None,
+    ApiKey(String),
+    Bot(Arc<oba_webbotauth::WebBotAuthSigner>),
+    Jwt(String),
+}
+
+async fn one(client: &reqwest::Client, url: &str, auth: &Auth) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(CHAT);
+    match auth {
+        Auth::None => {}
+        Auth::ApiKey(k) | Auth::Jwt(k) => req = req.bearer_auth(k),
+        Auth::Bot(signer) => {
+            let mut r = req.build().map_err(|e| e.to_string())?;
+            oba_webbotauth::reqwest_signer::sign_request(signer, &mut r, unix())
+                .map_err(|e| e.to_string())?;
+            let resp = client.execute(r).await.map_err(|e| e.to_string())?;
+            let ok = resp.status().is_success();
+            let _ = resp.bytes().await;
+            return if ok {
+                Ok(start.elapsed())
+            } else {
+                Err("status".into())
+            };
+        }
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let ok = resp.status().is_success();
+    let _ = resp.bytes().await;
+    if ok {
+        Ok(start.elapsed())
+    } else {
+        Err("status".into())
+    }
+}
+
+struct Stats {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+fn stats(mut lat: Vec<Duration>, errors: usize, took: Duration) -> Stats {
+    lat.sort();
+    let pick = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        rps: lat.len() as f64 / took.as_secs_f64(),
+        p50: pick(0.5),
+        p99: pick(0.99),
+        errors,
+    }
+}
+
+/// Closed loop: `workers` clients as fast as they can for `secs`.
+async fn closed(url: &str, auth: &Auth, workers: usize, secs: u64) -> Stats {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (client, url, auth) = (client.clone(), url.to_owned(), auth.clone());
+            tokio::spawn(async move {
+                let (mut lat, mut err) = (Vec::new(), 0);
+                while Instant::now() < deadline {
+                    match one(&client, &url, &auth).await {
+                        Ok(d) => lat.push(d),
+                        Err(_) => err += 1,
+                    }
+                }
+                (lat, err)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    stats(lat, errors, start.elapsed())
+}
+
+/// Open loop: `rate` requests per second for `secs`, latency of each.
+async fn open(url: &str, auth: &Auth, rate: f64, secs: u64) -> Stats {
+    let client = reqwest::Client::new();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    while start.elapsed() < Duration::from_secs(secs) {
+        tick.tick().await;
+        let (client, url, auth) = (client.clone(), url.to_owned(), auth.clone());
+        tasks.push(tokio::spawn(async move { one(&client, &url, &auth).await }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await {
+            Ok(Ok(d)) => lat.push(d),
+            _ => errors += 1,
+        }
+    }
+    stats(lat, errors, start.elapsed())
+}
+
+async fn ttfb(url: &str, auth: &Auth, n: usize) -> Duration {
+    let client = reqwest::Client::new();
+    let body = r#"{"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let mut req = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Auth::ApiKey(k) = auth {
+            req = req.bearer_auth(k);
+        }
+        let Ok(resp) = req.send().await else { continue };
+        let mut s = resp.bytes_stream();
+        if s.next().await.is_some() {
+            v.push(start.elapsed());
+        }
+        while s.next().await.is_some() {}
+    }
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some("bench-gateway") {
+        eprintln!("usage: cargo run --release -p xtask -- bench-gateway [SECONDS] [CONCURRENCY]");
+        std::process::exit(2);
+    }
+    let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+
+    // The model server: a fixed chat answer, or an SSE stream of five chunks.
+    let upstream = serve(axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|body: String| async move {
+            if body.contains("\"stream\":true") {
+                let chunks =
+                    (0..5).map(|i| Ok::<_, std::io::Error>(format!("data: {{\"i\":{i}}}\n\n")));
+                let s = futures_util::stream::iter(chunks).then(|c| async move {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    c
+                });
+                axum::response::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(axum::body::Body::from_stream(s))
+                    .expect("response")
+            } else {
+                axum::response::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(
+                        r#"{"choices":[{"message":{"role":"assistant","content":"hello"}}]}"#,
+                    ))
+                    .expect("response")
+            }
+        }),
+    ))
+    .await;
+
+    // A bot and its key directory.
+    let bot = Jwk::generate(Algorithm::Ed25519)?;
+    let bot_keys = vec![bot.clone()];
+    let directory = serve(axum::Router::new().route(
+        oba_webbotauth::directory::WELL_KNOWN_PATH,
+        axum::routing::get(move |h: axum::http::HeaderMap| {
+            let keys = bot_keys.clone();
+            async move {
+                let host = h
+                    .get("host")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let req = oba_httpsig::Message::request(
+                    "GET",
+                    oba_webbotauth::directory::WELL_KNOWN_PATH,
+                )
+                .expect("req")
+                .with_header("Host", host);
+                let resp =
+                    oba_webbotauth::directory::signed_directory_response(&keys, &req, unix(), 3600)
+                        .expect("directory");
+                let mut out =
+                    axum::response::Response::new(axum::body::Body::from(resp.body().to_vec()));
+                for (n, v) in resp.headers() {
+                    if let (Ok(n), Ok(v)) = (
+                        axum::http::HeaderName::from_bytes(n.as_bytes()),
+                        axum::http::HeaderValue::from_bytes(v),
+                    ) {
+                        out.headers_mut().append(n, v);
+                    }
+                }
+                out
+            }
+        }),
+    ))
+    .await;
+
+    // An OIDC issuer.
+    let idp = Jwk::generate(Algorithm::Ed25519)?;
+    let idp_public = serde_json::to_value(idp.public()?)?;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let issuer = format!("http://{}", l.local_addr()?);
+    let iss = issuer.clone();
+    let idp_app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || {
+                let iss = iss.clone();
+                async move {
+                    axum::Json(
+                        serde_json::json!({ "issuer": iss, "jwks_uri": format!("{iss}/jwks") }),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/jwks",
+            axum::routing::get(move || {
+                let k = idp_public.clone();
+                async move { axum::Json(serde_json::json!({ "keys": [k] })) }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(l, idp_app).await });
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let h = b64(serde_json::json!({"alg": "EdDSA", "kid": idp.kid})
+        .to_string()
+        .as_bytes());
+    let p = b64(
+        serde_json::json!({"iss": issuer, "aud": "bench", "sub": "alice", "exp": unix() + 3600})
+            .to_string()
+            .as_bytes(),
+    );
+    let sig = idp.signing_key(None)?.sign(format!("{h}.{p}").as_bytes())?;
+    let jwt = format!("{h}.{p}.{}", b64(&sig));
+
+    // The gateway.
+    let dir = tempfile::tempdir()?;
+    let keyfile = dir.path().join("keys.jsonl");
+    let api_key = attach_gateway::apikeys::create(&keyfile, "bench", None, unix())?;
+    let config = attach_gateway::GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        upstreams: vec![attach_gateway::config::Upstream {
+            name: "up".into(),
+            url: upstream.clone(),
+            kind: attach_gateway::config::UpstreamKind::Openai,
+            models: vec![],
+        }],
+        api_key_file: Some(keyfile),
+        trusted_agents: vec![format!("{directory}/")],
+        allow_insecure_directories: true,
+        oidc_issuers: vec![attach_gateway::config::OidcIssuerConfig {
+            issuer: issuer.clone(),
+            audience: "bench".into(),
+            required_scopes: vec![],
+            tenant_claim: None,
+        }],
+        oidc_allow_http: true,
+        policy: vec![attach_gateway::config::Rule::default()],
+        ..attach_gateway::GatewayConfig::default()
+    };
+    let gw = attach_gateway::start(config).await?;
+    let through = format!("http://{}/v1/chat/completions", gw.addr);
+    let direct = format!("{upstream}/v1/chat/completions");
+    let signer =
+        Arc::new(oba_webbotauth::WebBotAuthSigner::new(&bot)?.with_signature_agent(&directory)?);
+
+    // Warm up (connections, key fetch, JWKS fetch).
+    let client = reqwest::Client::new();
+    for auth in [
+        Auth::ApiKey(api_key.clone()),
+        Auth::Bot(signer.clone()),
+        Auth::Jwt(jwt.clone()),
+    ] {
+        one(&client, &through, &auth)
+            .await
+            .map_err(|e| format!("warm-up failed: {e}"))?;
+    }
+
+    println!("gateway load benchmark: {secs} s per row, {workers} concurrent clients, 2 worker threads, loopback\n");
+    println!("| path | req/s | p50 ms | p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|");
+    let rows = [
+        ("upstream directly", direct.as_str(), Auth::None),
+        (
+            "gateway, API key",
+            through.as_str(),
+            Auth::ApiKey(api_key.clone()),
+        ),
+        (
+            "gateway, Web Bot Auth Ed25519 (client signs each request)",
+            through.as_str(),
+            Auth::Bot(signer.clone()),
+        ),
+        (
+            "gateway, JWT (EdDSA)",
+            through.as_str(),
+            Auth::Jwt(jwt.clone()),
+        ),
+    ];
+    let mut max_key = 0.0;
+    for (name, url, auth) in &rows {
+        let s = closed(url, auth, workers, secs).await;
+        if matches!(auth, Auth::ApiKey(_)) {
+            max_key = s.rps;
+        }
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} |",
+            s.rps,
+            s.p50.as_secs_f64() * 1e3,
+            s.p99.as_secs_f64() * 1e3,
+            s.errors
+        );
+    }
+    let half = max_key / 2.0;
+    let d = open(&direct, &Auth::None, half, secs).await;
+    let g = open(&through, &Auth::ApiKey(api_key.clone()), half, secs).await;
+    println!("\nAt half the API-key maximum ({half:.0} req/s, open loop):");
+    println!("| path | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|");
+    println!(
+        "| upstream directly | {:.2} | {:.2} | {} |",
+        d.p50.as_secs_f64() * 1e3,
+        d.p99.as_secs_f64() * 1e3,
+        d.errors
+    );
+    println!(
+        "| gateway, API key | {:.2} | {:.2} | {} |",
+        g.p50.as_secs_f64() * 1e3,
+        g.p99.as_secs_f64() * 1e3,
+        g.errors
+    );
+    println!(
+        "added p99: {:.2} ms",
+        (g.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e3
+    );
+    let t_direct = ttfb(&direct, &Auth::None, 200).await;
+    let t_gw = ttfb(&through, &Auth::ApiKey(api_key), 200).await;
+    println!(
+        "\nstreaming time to first byte (median of 200): direct {:.2} ms, through the gateway {:.2} ms, added {:.2} ms",
+        t_direct.as_secs_f64() * 1e3,
+        t_gw.as_secs_f64() * 1e3,
+        (t_gw.as_secs_f64() - t_direct.as_secs_f64()) * 1e3
+    );
+    gw.stop();
+    Ok(())
+}
