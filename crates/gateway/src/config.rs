@@ -24,7 +24,7 @@
 //! jwk = { kty = "OKP", crv = "Ed25519", x = "..." }
 //!
 //! [[policy]]                   # deny by default; a request needs one matching rule
-//! kind = "bot"                 # bot | user | service (optional)
+//! kind = "service"             # bot | user | service (each field optional; all given must match)
 //! tenant = "acme"              # optional
 //! id = "key:ci"                # optional, exact principal id
 //! routes = ["/v1/chat/completions"]  # optional
@@ -148,8 +148,9 @@ pub struct GatewayConfig {
     /// Key prefix in Redis.
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
-    /// Refuse signed requests without a nonce.
-    #[serde(default)]
+    /// Refuse signed requests without a nonce (default: refuse; a nonce-less signature
+    /// could be replayed until it expires).
+    #[serde(default = "yes")]
     pub require_nonce: bool,
     /// Allow rules (deny by default).
     #[serde(default)]
@@ -176,6 +177,9 @@ pub struct GatewayConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+fn yes() -> bool {
+    true
 }
 fn default_redis_prefix() -> String {
     "oba:gw:nonce:".into()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, Request, StatusCode};
 use oba_httpsig::jwk::Jwk;
-use oba_httpsig::{Policy, Reason, VerifyingKey};
+use oba_httpsig::{Component, Derived, Policy, Reason, VerifyingKey};
 use oba_webbotauth::client::Verifier;
 use oba_webbotauth::Outcome;
 
@@ -176,10 +176,15 @@ fn is_malformed(code: &str) -> bool {
 
 impl Authenticator {
     /// The principal of a request head (`now` in unix seconds).
-    pub async fn authenticate(&self, head: &Request<()>, now: i64) -> Result<Principal, Rejection> {
+    pub async fn authenticate(
+        &self,
+        head: &Request<()>,
+        has_body: bool,
+        now: i64,
+    ) -> Result<Principal, Rejection> {
         let headers = head.headers();
         if headers.contains_key("signature-input") || headers.contains_key("signature") {
-            return self.signed(head, now).await;
+            return self.signed(head, has_body, now).await;
         }
         if let Some(auth) = headers.get("authorization") {
             let v = auth.to_str().map_err(|_| {
@@ -301,7 +306,12 @@ impl Authenticator {
         }
     }
 
-    async fn signed(&self, head: &Request<()>, now: i64) -> Result<Principal, Rejection> {
+    async fn signed(
+        &self,
+        head: &Request<()>,
+        has_body: bool,
+        now: i64,
+    ) -> Result<Principal, Rejection> {
         let entries = oba_httpsig::signatures(head).map_err(|e| {
             let status = if is_malformed(e.reason().code()) {
                 StatusCode::BAD_REQUEST
@@ -340,10 +350,20 @@ impl Authenticator {
             };
         }
         // Service accounts: the signature's keyid names the account or its thumbprint.
-        let policy = Policy::default()
+        // A service-account signature must bind the request: method, authority, path, and
+        // the body through Content-Digest (checked against the body by the proxy).
+        let mut policy = Policy::default()
             .max_age(300)
             .clock_skew(30)
-            .require_keyid(true);
+            .require_keyid(true)
+            .require_component(Component::derived(Derived::Method))
+            .require_component(Component::derived(Derived::Authority))
+            .require_component(Component::derived(Derived::Path));
+        if has_body {
+            if let Ok(c) = Component::field("content-digest") {
+                policy = policy.require_component(c);
+            }
+        }
         let mut last = reject(
             StatusCode::UNAUTHORIZED,
             "unknown_key",

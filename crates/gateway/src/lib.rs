@@ -373,7 +373,7 @@ async fn proxy_inner(
     // 1. Identity.
     let scheme = s.public_url.split("://").next().unwrap_or("http");
     let head = identity::head_of(&headers, &method, &uri, scheme);
-    let principal = match s.auth.authenticate(&head, now()).await {
+    let principal = match s.auth.authenticate(&head, !body.is_empty(), now()).await {
         Ok(p) => {
             *auth_method = p.auth_method.as_str();
             p
@@ -497,7 +497,11 @@ async fn proxy_inner(
         };
     let mut out = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers() {
-        if HOP_BY_HOP.contains(&name.as_str()) || name.as_str() == "content-length" {
+        // The request id is the gateway's (it is in the stamp); the upstream's is dropped.
+        if HOP_BY_HOP.contains(&name.as_str())
+            || name.as_str() == "content-length"
+            || name.as_str() == "x-request-id"
+        {
             continue;
         }
         out = out.header(name, value);

@@ -1063,27 +1063,7 @@ async fn paths_outside_routes_are_404() {
 
 #[tokio::test]
 async fn policy_denials_are_403() {
-    let env = KeyEnv::start(
-        vec![
-            Rule {
-                tenant: Some("acme".into()),
-                routes: vec!["/v1/chat/completions".into()],
-                models: vec!["llama3*".into()],
-                ..Rule::default()
-            },
-            tenant_rule("gamma"),
-        ],
-        |_| {},
-    )
-    .await;
-    // A key of another tenant: the only rule naming a tenant it could match is gamma's.
-    let other = apikeys::create(&env.keys_path, "beta-key", Some("beta"), now()).expect("key");
-    let no_tenant = apikeys::create(&env.keys_path, "loose", None, now()).expect("key");
-    // Key files are read at start: restart on the same upstream.
-    env.gw.stop();
-    let mut cfg = config(&env.up.url());
-    cfg.api_key_file = Some(env.keys_path.clone());
-    cfg.policy = vec![
+    let rules = vec![
         Rule {
             tenant: Some("acme".into()),
             routes: vec!["/v1/chat/completions".into()],
@@ -1092,6 +1072,15 @@ async fn policy_denials_are_403() {
         },
         tenant_rule("gamma"),
     ];
+    let env = KeyEnv::start(rules.clone(), |_| {}).await;
+    // A key of another tenant (beta: no rule names it), and a key without a tenant.
+    let other = apikeys::create(&env.keys_path, "beta-key", Some("beta"), now()).expect("key");
+    let no_tenant = apikeys::create(&env.keys_path, "loose", None, now()).expect("key");
+    // Key files are read at start: restart on the same upstream.
+    env.gw.stop();
+    let mut cfg = config(&env.up.url());
+    cfg.api_key_file = Some(env.keys_path.clone());
+    cfg.policy = rules;
     let gw = start_gateway(cfg, Some(&env.up)).await;
     let chat = |key: String, model: &'static str| {
         http()
@@ -1863,35 +1852,33 @@ async fn health_jwks_and_resource_metadata() {
 // 8. Configuration.
 // ---------------------------------------------------------------------------------------
 
-/// The example of `config.rs`'s module documentation.
-const DOC_EXAMPLE: &str = r#"
-listen = "127.0.0.1:8080"
-public_url = "https://gateway.example"
-api_key_file = "gateway-keys.jsonl"
-trusted_agents = ["https://registry.example/agents/"]
-
-[[upstreams]]
-name = "ollama"
-url = "http://127.0.0.1:11434"
-kind = "ollama"              # or "openai"
-models = ["llama3*"]         # empty: the default upstream
-
-[[service_accounts]]         # RFC 9421 signers known by their public key
-name = "batch-job"
-tenant = "acme"
-jwk = { kty = "OKP", crv = "Ed25519", x = "..." }
-
-[[policy]]                   # deny by default; a request needs one matching rule
-kind = "bot"                 # bot | user | service (optional)
-tenant = "acme"              # optional
-id = "key:ci"                # optional, exact principal id
-routes = ["/v1/chat/completions"]  # optional
-models = ["llama3*"]         # optional, `*` suffix = prefix
-"#;
+/// The TOML example of `config.rs`'s module documentation, read from the source so the
+/// test follows the documentation.
+fn doc_example() -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in include_str!("../src/config.rs").lines() {
+        let Some(doc) = line.strip_prefix("//!") else {
+            continue;
+        };
+        let doc = doc.strip_prefix(' ').unwrap_or(doc);
+        match (inside, doc.trim()) {
+            (false, "```toml") => inside = true,
+            (true, "```") => break,
+            (true, _) => {
+                out.push_str(doc);
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(out.contains("[[upstreams]]"), "example found: {out}");
+    out
+}
 
 #[test]
 fn config_doc_example_parses() {
-    let c = GatewayConfig::from_toml(DOC_EXAMPLE).expect("the documented example parses");
+    let c = GatewayConfig::from_toml(&doc_example()).expect("the documented example parses");
     assert_eq!(c.listen, "127.0.0.1:8080");
     assert_eq!(c.public_url.as_deref(), Some("https://gateway.example"));
     assert_eq!(
@@ -1903,11 +1890,14 @@ fn config_doc_example_parses() {
     assert_eq!(c.upstreams[0].name, "ollama");
     assert_eq!(c.upstreams[0].kind, UpstreamKind::Ollama);
     assert_eq!(c.upstreams[0].models, vec!["llama3*"]);
+    assert_eq!(c.oidc_issuers[0].issuer, "https://login.example");
+    assert_eq!(c.oidc_issuers[0].audience, "attach-gateway");
+    assert_eq!(c.oidc_issuers[0].tenant_claim.as_deref(), Some("org"));
     assert_eq!(c.service_accounts[0].name, "batch-job");
     assert_eq!(c.service_accounts[0].tenant.as_deref(), Some("acme"));
     assert_eq!(c.service_accounts[0].jwk["kty"], "OKP");
     let r = &c.policy[0];
-    assert_eq!(r.kind.as_deref(), Some("bot"));
+    assert_eq!(r.kind.as_deref(), Some("service"));
     assert_eq!(r.tenant.as_deref(), Some("acme"));
     assert_eq!(r.id.as_deref(), Some("key:ci"));
     assert_eq!(r.routes, vec!["/v1/chat/completions"]);
@@ -1959,12 +1949,13 @@ async fn config_doc_example_adapted_runs() {
     let keys = dir.path().join("gateway-keys.jsonl");
     let private = Jwk::generate(Algorithm::Ed25519).expect("key");
     let x = private.x.clone().expect("x");
-    let toml = DOC_EXAMPLE
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("gateway-keys.jsonl", &keys.display().to_string())
-        .replace("http://127.0.0.1:11434", &up.url())
-        .replace("x = \"...\"", &format!("x = \"{x}\""));
-    let cfg = GatewayConfig::from_toml(&toml).expect("adapted example parses");
+    let mut cfg = GatewayConfig::from_toml(&doc_example()).expect("the example parses");
+    // Adapted: local addresses, a temporary key file, a real key, no remote issuer.
+    cfg.listen = "127.0.0.1:0".into();
+    cfg.api_key_file = Some(keys);
+    cfg.upstreams[0].url = up.url();
+    cfg.service_accounts[0].jwk["x"] = json!(x);
+    cfg.oidc_issuers.clear();
     let gw = start_gateway(cfg, Some(&up)).await;
     let resp = http()
         .post(format!("http://{}/api/chat", gw.addr))
