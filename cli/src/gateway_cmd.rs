@@ -12,17 +12,17 @@ use crate::{fail, now, write_stdout, Failure};
 pub(crate) struct GatewayArgs {
     #[command(subcommand)]
     command: Option<GatewayCommand>,
-    /// TOML configuration file (flags below override it).
-    #[arg(long)]
+    /// TOML configuration file (flags and environment variables override it).
+    #[arg(long, env = "OBA_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     /// Listen address.
-    #[arg(long)]
+    #[arg(long, env = "OBA_GATEWAY_LISTEN")]
     listen: Option<String>,
     /// Upstream model server URL (OpenAI-compatible or Ollama).
-    #[arg(long)]
+    #[arg(long, env = "OBA_GATEWAY_UPSTREAM")]
     upstream: Option<String>,
     /// API key file (see `oba gateway keys create`).
-    #[arg(long)]
+    #[arg(long, env = "OBA_GATEWAY_API_KEY_FILE")]
     api_key_file: Option<PathBuf>,
     /// Trust agents whose keys are under this URL prefix (a registry's /agents/), repeatable.
     #[arg(long = "trust-registry")]
@@ -31,7 +31,7 @@ pub(crate) struct GatewayArgs {
     #[arg(long)]
     allow_insecure_directories: bool,
     /// Share the replay store with other replicas through Redis.
-    #[arg(long)]
+    #[arg(long, env = "OBA_GATEWAY_REDIS")]
     redis: Option<String>,
     /// OIDC issuer to trust (with --oidc-audience), repeatable.
     #[arg(long = "oidc-issuer", requires = "oidc_audience")]
@@ -156,6 +156,7 @@ fn run(args: GatewayArgs) -> Result<u8, Failure> {
                 audience: args.oidc_audience.clone().unwrap_or_default(),
                 required_scopes: Vec::new(),
                 tenant_claim: None,
+                required_claims: serde_json::Map::new(),
             });
     }
     config.allow_insecure_directories |= args.allow_insecure_directories;

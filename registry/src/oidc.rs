@@ -30,6 +30,7 @@ pub(crate) fn verifier(config: &crate::Config) -> Result<OidcVerifier, OidcError
                 issuer: i.issuer.clone(),
                 audience: i.audience.clone(),
                 required_scopes: Vec::new(),
+                required_claims: serde_json::Map::new(),
             })
             .collect(),
         config.oidc_allow_http,

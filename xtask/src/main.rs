@@ -306,6 +306,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             audience: "bench".into(),
             required_scopes: vec![],
             tenant_claim: None,
+            required_claims: serde_json::Map::new(),
         }],
         oidc_allow_http: true,
         policy: vec![attach_gateway::config::Rule::default()],

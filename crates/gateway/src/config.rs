@@ -85,6 +85,9 @@ pub struct OidcIssuerConfig {
     /// The claim that names the tenant, if any.
     #[serde(default)]
     pub tenant_claim: Option<String>,
+    /// Claims the token must carry with exactly these values.
+    #[serde(default)]
+    pub required_claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One allow rule.
@@ -142,6 +145,9 @@ pub struct GatewayConfig {
     /// Allow http and loopback directories (tests only).
     #[serde(default)]
     pub allow_insecure_directories: bool,
+    /// Paths proxied besides the built-in model routes (exact paths).
+    #[serde(default)]
+    pub extra_routes: Vec<String>,
     /// Redis URL for the shared replay store (several replicas); in-process without it.
     #[serde(default)]
     pub redis_url: Option<String>,

@@ -161,6 +161,7 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
                 issuer: i.issuer.clone(),
                 audience: i.audience.clone(),
                 required_scopes: i.required_scopes.clone(),
+                required_claims: i.required_claims.clone(),
             })
             .collect(),
         config.oidc_allow_http,
@@ -353,7 +354,7 @@ async fn proxy_inner(
     let request_id = oba_httpsig::random_nonce();
     let fail = |status, code: &str, msg: &str| error(status, code, msg, &request_id, &s.public_url);
     let path = uri.path();
-    if !ROUTES.contains(&path) {
+    if !ROUTES.contains(&path) && !s.config.extra_routes.iter().any(|r| r == path) {
         return fail(
             StatusCode::NOT_FOUND,
             "route_not_allowed",

@@ -199,6 +199,10 @@ async fn oidc_bearer_tokens_from_a_test_issuer() {
         audience: "attach".into(),
         required_scopes: vec![],
         tenant_claim: Some("org".into()),
+        required_claims: serde_json::json!({ "org": "acme" })
+            .as_object()
+            .unwrap()
+            .clone(),
     });
     c.oidc_allow_http = true;
     let gw = attach_gateway::start(c).await.unwrap();
@@ -341,5 +345,51 @@ async fn oidc_bearer_tokens_from_a_test_issuer() {
         "{m}"
     );
     assert!(!m.contains("alice"), "no per-user labels");
+    gw.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_routes_are_proxied_and_others_refused() {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/custom",
+        axum::routing::get(move || {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push("custom".into());
+                "{}"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.jsonl");
+    let key = attach_gateway::apikeys::create(&file, "ci", None, now()).unwrap();
+    let gw = attach_gateway::start(GatewayConfig {
+        api_key_file: Some(file),
+        extra_routes: vec!["/v1/custom".into()],
+        ..base_config(&up)
+    })
+    .await
+    .unwrap();
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("http://{}/v1/custom", gw.addr))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("http://{}/v1/other", gw.addr))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(seen.lock().unwrap().len(), 1);
     gw.stop();
 }

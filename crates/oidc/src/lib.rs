@@ -29,6 +29,8 @@ pub struct Issuer {
     pub audience: String,
     /// Scopes the token must carry (`scope` / `scp`), if any.
     pub required_scopes: Vec<String>,
+    /// Claims the token must carry with exactly these values.
+    pub required_claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a token was refused. Messages never contain the token.
@@ -308,6 +310,13 @@ impl OidcVerifier {
         };
         if let Some(missing) = issuer.required_scopes.iter().find(|r| !scopes.contains(r)) {
             return Err(OidcError::Claim(format!("scope {missing} required")));
+        }
+        if let Some((name, _)) = issuer
+            .required_claims
+            .iter()
+            .find(|(k, v)| claims.get(k.as_str()) != Some(v))
+        {
+            return Err(OidcError::Claim(format!("claim {name} required")));
         }
         Ok(Validated {
             issuer: issuer.issuer.clone(),
