@@ -1,7 +1,7 @@
 //! `cargo run --release -p xtask -- bench-gateway [SECONDS] [CONCURRENCY]`: a load
-//! benchmark of Attach Gateway on this machine, everything in one process over loopback
-//! sockets: an in-process model server, the gateway in front of it, a key directory and
-//! an OIDC issuer. It prints a markdown table: requests/s and p50/p99 latency for the
+//! benchmark of Attach Gateway on this machine over loopback sockets. A child process
+//! (`xtask serve-stack`) runs the model server, the gateway in front of it, a key
+//! directory and an OIDC issuer; this process is the load generator. It prints a markdown table: requests/s and p50/p99 latency for the
 //! upstream directly, through the gateway with an API key, a Web Bot Auth Ed25519
 //! signature (a fresh nonce per request, signed by the client inside the loop), and a
 //! JWT; the p99 added at half of the maximum throughput; streaming time to first byte.
@@ -32,157 +32,9 @@ fn unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// How a request is authenticated.
-#[derive(Clone)]
-enum Auth {
-    None,
-    ApiKey(String),
-    Bot(Arc<oba_webbotauth::WebBotAuthSigner>),
-    Jwt(String),
-}
-
-async fn one(client: &reqwest::Client, url: &str, auth: &Auth) -> Result<Duration, String> {
-    let start = Instant::now();
-    let mut req = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(CHAT);
-    match auth {
-        Auth::None => {}
-        Auth::ApiKey(k) | Auth::Jwt(k) => req = req.bearer_auth(k),
-        Auth::Bot(signer) => {
-            let mut r = req.build().map_err(|e| e.to_string())?;
-            oba_webbotauth::reqwest_signer::sign_request(signer, &mut r, unix())
-                .map_err(|e| e.to_string())?;
-            let resp = client.execute(r).await.map_err(|e| e.to_string())?;
-            let ok = resp.status().is_success();
-            let _ = resp.bytes().await;
-            return if ok {
-                Ok(start.elapsed())
-            } else {
-                Err("status".into())
-            };
-        }
-    }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
-    let ok = resp.status().is_success();
-    let _ = resp.bytes().await;
-    if ok {
-        Ok(start.elapsed())
-    } else {
-        Err("status".into())
-    }
-}
-
-struct Stats {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: usize,
-}
-
-fn stats(mut lat: Vec<Duration>, errors: usize, took: Duration) -> Stats {
-    lat.sort();
-    let pick = |q: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    };
-    Stats {
-        rps: lat.len() as f64 / took.as_secs_f64(),
-        p50: pick(0.5),
-        p99: pick(0.99),
-        errors,
-    }
-}
-
-/// Closed loop: `workers` clients as fast as they can for `secs`.
-async fn closed(url: &str, auth: &Auth, workers: usize, secs: u64) -> Stats {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let (client, url, auth) = (client.clone(), url.to_owned(), auth.clone());
-            tokio::spawn(async move {
-                let (mut lat, mut err) = (Vec::new(), 0);
-                while Instant::now() < deadline {
-                    match one(&client, &url, &auth).await {
-                        Ok(d) => lat.push(d),
-                        Err(_) => err += 1,
-                    }
-                }
-                (lat, err)
-            })
-        })
-        .collect();
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        if let Ok((l, e)) = t.await {
-            lat.extend(l);
-            errors += e;
-        }
-    }
-    stats(lat, errors, start.elapsed())
-}
-
-/// Open loop: `rate` requests per second for `secs`, latency of each.
-async fn open(url: &str, auth: &Auth, rate: f64, secs: u64) -> Stats {
-    let client = reqwest::Client::new();
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    while start.elapsed() < Duration::from_secs(secs) {
-        tick.tick().await;
-        let (client, url, auth) = (client.clone(), url.to_owned(), auth.clone());
-        tasks.push(tokio::spawn(async move { one(&client, &url, &auth).await }));
-    }
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        match t.await {
-            Ok(Ok(d)) => lat.push(d),
-            _ => errors += 1,
-        }
-    }
-    stats(lat, errors, start.elapsed())
-}
-
-async fn ttfb(url: &str, auth: &Auth, n: usize) -> Duration {
-    let client = reqwest::Client::new();
-    let body = r#"{"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let mut v = Vec::new();
-    for _ in 0..n {
-        let start = Instant::now();
-        let mut req = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body);
-        if let Auth::ApiKey(k) = auth {
-            req = req.bearer_auth(k);
-        }
-        let Ok(resp) = req.send().await else { continue };
-        let mut s = resp.bytes_stream();
-        if s.next().await.is_some() {
-            v.push(start.elapsed());
-        }
-        while s.next().await.is_some() {}
-    }
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    if args.next().as_deref() != Some("bench-gateway") {
-        eprintln!("usage: cargo run --release -p xtask -- bench-gateway [SECONDS] [CONCURRENCY]");
-        std::process::exit(2);
-    }
-    let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
-    let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
-
+/// Starts the model server, the bot's key directory, an OIDC issuer and the gateway in
+/// this process; returns their URLs and credentials.
+async fn stack() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     // The model server: a fixed chat answer, or an SSE stream of five chunks.
     let upstream = serve(axum::Router::new().route(
         "/v1/chat/completions",
@@ -313,11 +165,221 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..attach_gateway::GatewayConfig::default()
     };
     let gw = attach_gateway::start(config).await?;
-    let through = format!("http://{}/v1/chat/completions", gw.addr);
-    let direct = format!("{upstream}/v1/chat/completions");
-    let signer =
-        Arc::new(oba_webbotauth::WebBotAuthSigner::new(&bot)?.with_signature_agent(&directory)?);
+    // The gateway read its key file at start; it keeps running in the background.
+    drop(dir);
+    let info = serde_json::json!({
+        "direct": format!("{upstream}/v1/chat/completions"),
+        "gateway": format!("http://{}/v1/chat/completions", gw.addr),
+        "api_key": api_key,
+        "jwt": jwt,
+        "directory": directory,
+        "bot_jwk": bot,
+    });
+    drop(gw); // detaches: the server task goes on
+    Ok(info)
+}
 
+/// How a request is authenticated.
+#[derive(Clone)]
+enum Auth {
+    None,
+    ApiKey(String),
+    Bot(Arc<oba_webbotauth::WebBotAuthSigner>),
+    Jwt(String),
+}
+
+async fn one(client: &reqwest::Client, url: &str, auth: &Auth) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(CHAT);
+    match auth {
+        Auth::None => {}
+        Auth::ApiKey(k) | Auth::Jwt(k) => req = req.bearer_auth(k),
+        Auth::Bot(signer) => {
+            let mut r = req.build().map_err(|e| e.to_string())?;
+            oba_webbotauth::reqwest_signer::sign_request(signer, &mut r, unix())
+                .map_err(|e| e.to_string())?;
+            let resp = client.execute(r).await.map_err(|e| e.to_string())?;
+            let ok = resp.status().is_success();
+            let _ = resp.bytes().await;
+            return if ok {
+                Ok(start.elapsed())
+            } else {
+                Err("status".into())
+            };
+        }
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(start.elapsed())
+    } else {
+        Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+    }
+}
+
+struct Stats {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+fn stats(mut lat: Vec<Duration>, errors: usize, took: Duration) -> Stats {
+    lat.sort();
+    let pick = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        rps: lat.len() as f64 / took.as_secs_f64(),
+        p50: pick(0.5),
+        p99: pick(0.99),
+        errors,
+    }
+}
+
+/// Closed loop: `workers` clients as fast as they can for `secs`.
+async fn closed(url: &str, auth: &Auth, workers: usize, secs: u64) -> Stats {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (client, url, auth) = (client.clone(), url.to_owned(), auth.clone());
+            tokio::spawn(async move {
+                let (mut lat, mut err) = (Vec::new(), 0);
+                while Instant::now() < deadline {
+                    match one(&client, &url, &auth).await {
+                        Ok(d) => lat.push(d),
+                        Err(_) => err += 1,
+                    }
+                }
+                (lat, err)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    stats(lat, errors, start.elapsed())
+}
+
+/// Open loop: `rate` requests per second for `secs`, latency of each.
+async fn open(url: &str, auth: &Auth, rate: f64, secs: u64) -> Stats {
+    let client = reqwest::Client::new();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    while start.elapsed() < Duration::from_secs(secs) {
+        tick.tick().await;
+        let (client, url, auth) = (client.clone(), url.to_owned(), auth.clone());
+        tasks.push(tokio::spawn(async move { one(&client, &url, &auth).await }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(d)) => lat.push(d),
+            Ok(Err(e)) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("first error: {e}");
+    }
+    stats(lat, errors, start.elapsed())
+}
+
+async fn ttfb(url: &str, auth: &Auth, n: usize) -> Duration {
+    let client = reqwest::Client::new();
+    let body = r#"{"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let mut req = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Auth::ApiKey(k) = auth {
+            req = req.bearer_auth(k);
+        }
+        let Ok(resp) = req.send().await else { continue };
+        let mut s = resp.bytes_stream();
+        if s.next().await.is_some() {
+            v.push(start.elapsed());
+        }
+        while s.next().await.is_some() {}
+    }
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("serve-stack") => {
+            let info = stack().await?;
+            println!("{info}");
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        Some("bench-gateway") => {
+            let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+            let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+            bench(secs, workers).await
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo run --release -p xtask -- bench-gateway [SECONDS] [CONCURRENCY]"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Kills the stack process when the benchmark ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The load generator, in this process; the stack (model server, directory, issuer,
+/// gateway) in a child process, so the two do not share a runtime.
+async fn bench(secs: u64, workers: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("serve-stack")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    let _child = Child(child);
+    let info: serde_json::Value = serde_json::from_str(&line)?;
+    let s = |k: &str| info[k].as_str().unwrap_or_default().to_owned();
+    let (direct, through, api_key, jwt) = (s("direct"), s("gateway"), s("api_key"), s("jwt"));
+    let bot = Jwk::parse(&info["bot_jwk"].to_string())?;
+    let signer = Arc::new(
+        oba_webbotauth::WebBotAuthSigner::new(&bot)?.with_signature_agent(&s("directory"))?,
+    );
     // Warm up (connections, key fetch, JWKS fetch).
     let client = reqwest::Client::new();
     for auth in [
@@ -394,6 +456,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         t_gw.as_secs_f64() * 1e3,
         (t_gw.as_secs_f64() - t_direct.as_secs_f64()) * 1e3
     );
-    gw.stop();
     Ok(())
 }
