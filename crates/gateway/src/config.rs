@@ -106,6 +106,10 @@ pub struct Rule {
     /// Agent URL prefix (bots).
     #[serde(default)]
     pub agent: Option<String>,
+    /// Token claims that must have these values (a claim holding an array must
+    /// contain the value).
+    #[serde(default)]
+    pub claims: std::collections::BTreeMap<String, String>,
     /// Routes allowed (default: all proxied routes).
     #[serde(default)]
     pub routes: Vec<String>,

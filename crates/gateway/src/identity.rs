@@ -75,6 +75,8 @@ pub struct Principal {
     pub auth_method: AuthMethod,
     /// Key id (thumbprint) that signed, if any.
     pub key_id: Option<String>,
+    /// The token's claims (OIDC), for policy rules on claims; empty otherwise.
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a request was not authenticated.
@@ -217,6 +219,7 @@ impl Authenticator {
                     agent: None,
                     auth_method: AuthMethod::ApiKey,
                     key_id: None,
+                    claims: serde_json::Map::new(),
                 });
             }
             if self.oidc.issuers().is_empty() || !oba_oidc::OidcVerifier::looks_like_jwt(token) {
@@ -259,6 +262,7 @@ impl Authenticator {
                 agent: None,
                 auth_method: AuthMethod::Oidc,
                 key_id: None,
+                claims: v.claims.as_object().cloned().unwrap_or_default(),
             });
         }
         Err(reject(
@@ -339,6 +343,7 @@ impl Authenticator {
                         agent,
                         auth_method: AuthMethod::WebBotAuth,
                         key_id: Some(v.thumbprint),
+                        claims: serde_json::Map::new(),
                     })
                 }
                 Outcome::Invalid(r) if is_malformed(r.code) => {
@@ -397,6 +402,7 @@ impl Authenticator {
                         agent: None,
                         auth_method: AuthMethod::HttpSignature,
                         key_id: Some(svc.thumbprint.clone()),
+                        claims: serde_json::Map::new(),
                     });
                 }
                 Err(e) => last = reject(StatusCode::UNAUTHORIZED, e.reason().code(), e.to_string()),

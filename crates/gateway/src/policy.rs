@@ -27,6 +27,17 @@ pub fn allows(rules: &[Rule], principal: &Principal, route: &str, model: Option<
                     .as_deref()
                     .is_some_and(|pa| pa.starts_with(a))
             })
+            && r.claims
+                .iter()
+                .all(|(k, want)| match principal.claims.get(k) {
+                    Some(serde_json::Value::String(v)) => v == want,
+                    Some(serde_json::Value::Array(a)) => {
+                        a.iter().any(|v| v.as_str() == Some(want.as_str()))
+                    }
+                    Some(serde_json::Value::Bool(b)) => b.to_string() == *want,
+                    Some(serde_json::Value::Number(n)) => n.to_string() == *want,
+                    _ => false,
+                })
             && (r.routes.is_empty() || r.routes.iter().any(|x| glob(x, route)))
             && (r.models.is_empty() || model.is_some_and(|m| r.models.iter().any(|x| glob(x, m))))
     })
@@ -46,6 +57,7 @@ mod tests {
             agent: None,
             auth_method: AuthMethod::ApiKey,
             key_id: None,
+            claims: serde_json::Map::new(),
         }
     }
 
