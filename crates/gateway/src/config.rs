@@ -229,7 +229,8 @@ mod tests {
         let c = GatewayConfig::from_toml(include_str!("../gateway.example.toml")).unwrap();
         assert_eq!(c.upstreams.len(), 2);
         assert_eq!(c.upstreams[0].kind, UpstreamKind::Ollama);
-        assert_eq!(c.policy.len(), 2);
+        assert_eq!(c.policy.len(), 3);
+        assert_eq!(c.policy[2].claims["groups"], "admins");
         assert_eq!(c.service_accounts[0].name, "batch-job");
         assert!(c.require_nonce);
     }
