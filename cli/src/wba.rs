@@ -416,13 +416,7 @@ fn check(url: &str, as_json: bool, allow_loopback: bool) -> Result<u8, Failure> 
         for (n, v) in &headers {
             resp.append_header(n.as_str(), v.as_bytes());
         }
-        let authority = match u.port() {
-            Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
-            None => u.host_str().unwrap_or_default().to_owned(),
-        };
-        let req = Message::request("GET", u.path())?
-            .with_header("Host", authority)
-            .with_scheme(u.scheme());
+        let req = Message::request_to("GET", u.as_str())?;
         match dir.verify_response(&resp, &req, now()) {
             Ok(by) if by.is_empty() => signatures = json!({"signed": false}),
             Ok(by) => signatures = json!({"signed": true, "verified_by": by}),

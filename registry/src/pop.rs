@@ -97,27 +97,10 @@ pub fn proof_headers(
     use oba_httpsig::digest::{DigestAlgorithm, DigestField};
     use oba_httpsig::SignatureParams;
     let thumbprint = jwk.thumbprint()?;
-    let alg = match (jwk.kty.as_str(), jwk.alg.as_deref()) {
-        ("RSA", None) => Some(oba_httpsig::Algorithm::RsaPssSha512),
-        _ => None,
-    };
+    let alg = oba_webbotauth::keys::profile_algorithm(jwk);
     let key = jwk.signing_key(alg)?;
     let digest = DigestField::compute(&[DigestAlgorithm::Sha256], body).to_header_value();
-    let u = url::Url::parse(url).map_err(|e| {
-        oba_httpsig::Error::from_reason(oba_httpsig::Reason::MalformedHeader, format!("URL: {e}"))
-    })?;
-    let authority = match u.port() {
-        Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
-        None => u.host_str().unwrap_or_default().to_owned(),
-    };
-    let target = match u.query() {
-        Some(q) => format!("{}?{q}", u.path()),
-        None => u.path().to_owned(),
-    };
-    let msg = oba_httpsig::Message::request(method, &target)?
-        .with_scheme(u.scheme())
-        .with_header("Host", authority)
-        .with_header("Content-Digest", &digest);
+    let msg = oba_httpsig::Message::request_to(method, url)?.with_header("Content-Digest", &digest);
     let params = SignatureParams::new(vec![
         Component::derived(Derived::Method),
         Component::derived(Derived::Authority),

@@ -1051,13 +1051,10 @@ both_backends!(
         // agent, and after the key was retired.
         let r = reg.post_key_raw(t, &a1, &body, &good).await;
         assert_error(&r, 401, "proof_of_possession_replayed");
+        // For another agent the signed @path differs: the proof itself does not verify
+        // (checked before the nonce, so the nonce is not what refuses it).
         let r = reg.post_key_raw(t, &a2, &body, &good).await;
-        assert_eq!(r.status, 401, "same proof for another agent: {}", r.text());
-        let code = assert_error_shape(&r);
-        assert!(
-            code == "proof_of_possession_replayed" || code == "proof_of_possession_invalid",
-            "{code}"
-        );
+        assert_error(&r, 401, "proof_of_possession_invalid");
         let r = reg
             .call("DELETE", &format!("/v1/agents/{a1}/keys/{}", thumbprint(&key)), Some(t), None)
             .await;

@@ -165,17 +165,6 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-fn is_malformed(code: &str) -> bool {
-    matches!(
-        code,
-        "malformed_header"
-            | "duplicate_label"
-            | "duplicate_parameter"
-            | "duplicate_component"
-            | "invalid_component"
-    )
-}
-
 impl Authenticator {
     /// The principal of a request head (`now` in unix seconds).
     pub async fn authenticate(
@@ -317,7 +306,7 @@ impl Authenticator {
         now: i64,
     ) -> Result<Principal, Rejection> {
         let entries = oba_httpsig::signatures(head).map_err(|e| {
-            let status = if is_malformed(e.reason().code()) {
+            let status = if e.reason().is_malformed_input() {
                 StatusCode::BAD_REQUEST
             } else {
                 StatusCode::UNAUTHORIZED
@@ -329,7 +318,8 @@ impl Authenticator {
                 .is_ok_and(|e| e.params.tag() == Some(oba_webbotauth::TAG))
         });
         if wba {
-            return match self.bots.verify(head, now).await {
+            // Parsed once: the verifier takes the entries as they are.
+            return match self.bots.verify_entries(head, entries, now).await {
                 Outcome::Verified(v) => {
                     let agent = v.agent.as_ref().map(|a| a.url.to_string());
                     let scope = format!("bot:{}#{}", agent.as_deref().unwrap_or(""), v.thumbprint);
@@ -346,7 +336,7 @@ impl Authenticator {
                         claims: serde_json::Map::new(),
                     })
                 }
-                Outcome::Invalid(r) if is_malformed(r.code) => {
+                Outcome::Invalid(r) if r.is_malformed() => {
                     Err(reject(StatusCode::BAD_REQUEST, r.code, r.message))
                 }
                 Outcome::Invalid(r) | Outcome::Unverified(r) => {

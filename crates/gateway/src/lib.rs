@@ -404,9 +404,14 @@ async fn proxy_inner(
         }
     }
     // 2. Policy.
-    let model = serde_json::from_slice::<serde_json::Value>(&body)
+    // Only `model` is read: the rest of the body is skipped, not built into a tree.
+    #[derive(serde::Deserialize)]
+    struct ModelOnly {
+        model: Option<String>,
+    }
+    let model = serde_json::from_slice::<ModelOnly>(&body)
         .ok()
-        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned));
+        .and_then(|m| m.model);
     if !policy::allows(&s.config.policy, &principal, path, model.as_deref()) {
         log(format_args!(
             "gateway: {request_id}: policy denied {} on {path}",

@@ -59,7 +59,6 @@ impl Stamper {
         body: &[u8],
         now: i64,
     ) -> Result<Vec<(String, String)>, String> {
-        let url = url::Url::parse(target).map_err(|e| e.to_string())?;
         let mut fields: Vec<(String, String)> = vec![
             ("x-attach-principal".into(), p.id.clone()),
             ("x-attach-auth-method".into(), p.auth_method.as_str().into()),
@@ -81,18 +80,7 @@ impl Stamper {
                 DigestField::compute(&[DigestAlgorithm::Sha256], body).to_header_value(),
             ));
         }
-        let authority = match url.port() {
-            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
-        let path_query = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        };
-        let mut msg = Message::request(method.as_str(), &path_query)
-            .map_err(|e| e.to_string())?
-            .with_scheme(url.scheme())
-            .with_header("Host", &authority);
+        let mut msg = Message::request_to(method.as_str(), target).map_err(|e| e.to_string())?;
         let mut components = vec![
             Component::derived(Derived::Method),
             Component::derived(Derived::Authority),

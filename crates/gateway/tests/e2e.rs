@@ -1005,7 +1005,8 @@ async fn unknown_and_non_api_key_bearers_are_401() {
         .chat("eyJhbGciOi.jwt.token", chat_body("llama3.1", false))
         .await;
     // Not an API key, and no OIDC issuer is configured.
-    let (headers, _) = expect_error_status(resp, 401).await;
+    let (headers, body) = expect_error_status(resp, 401).await;
+    assert_eq!(body["code"], "unknown_token", "{body}");
     assert!(headers.contains_key("www-authenticate"));
     assert_eq!(env.up.hits(), 0);
 }
@@ -1776,7 +1777,7 @@ async fn web_bot_auth_through_a_real_registry() {
     let stranger = Jwk::generate(Algorithm::Ed25519).expect("key");
     let unknown = bot_headers(&stranger, &ra.jwks_uri, gw.addr, &body, now());
     let resp = send_bot(gw.addr, &unknown, &body).await;
-    assert_eq!(resp.status(), 401);
+    expect_error(resp, 401, "unknown_key").await;
 
     // The body is bound by the signed Content-Digest.
     let signed = bot_headers(&ra.bot, &ra.jwks_uri, gw.addr, &body, now());

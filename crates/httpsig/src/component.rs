@@ -89,10 +89,12 @@ pub enum ComponentName {
 /// assert_eq!(bare.to_string(), r#""content-type""#);
 /// # Ok::<(), oba_httpsig::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct Component {
     name: ComponentName,
-    /// Field parameters, in order: (`sf` | `bs` | `key`), `req`, `tr`, `name`.
+    /// The parameters, in the order written (what `with_param` extends).
+    params: Params,
+    /// The same parameters, decoded for the signature base.
     sf: bool,
     bs: bool,
     req: bool,
@@ -160,16 +162,9 @@ impl Component {
     }
 
     fn with_param(self, k: &str, v: BareItem) -> Result<Self, Error> {
-        let mut params = self.params();
+        let mut params = self.params;
         params.push((k.to_owned(), v));
         Self::build(self.name, params)
-    }
-
-    fn params(&self) -> Params {
-        // Re-derive the ordered parameters from the serialised form.
-        sf::parse_item(self.serialized.as_bytes())
-            .map(|i| i.params)
-            .unwrap_or_default()
     }
 
     /// Builds a component from a parsed sf-item (as found in an inner list).
@@ -207,6 +202,7 @@ impl Component {
         }
         let mut c = Component {
             name,
+            params: Vec::new(),
             sf: false,
             bs: false,
             req: false,
@@ -247,6 +243,7 @@ impl Component {
         sf::write_string(&mut s, c.name_str());
         sf::write_params(&mut s, &params);
         c.serialized = s;
+        c.params = params;
         Ok(c)
     }
 
@@ -306,6 +303,21 @@ fn is_field_name_char(b: u8) -> bool {
     // RFC 9110 token characters, upper case excluded (component names are lower-cased).
     matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*'
         | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+}
+
+/// Two identifiers are the same component exactly when they serialise the same way.
+impl PartialEq for Component {
+    fn eq(&self, other: &Self) -> bool {
+        self.serialized == other.serialized
+    }
+}
+
+impl Eq for Component {}
+
+impl std::hash::Hash for Component {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.serialized.hash(state)
+    }
 }
 
 impl fmt::Display for Component {

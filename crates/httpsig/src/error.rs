@@ -94,6 +94,51 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// The reason whose [`Reason::code`] is `code`.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Some(match code {
+            "malformed_header" => Reason::MalformedHeader,
+            "missing_signature" => Reason::MissingSignature,
+            "duplicate_label" => Reason::DuplicateLabel,
+            "duplicate_component" => Reason::DuplicateComponent,
+            "duplicate_parameter" => Reason::DuplicateParameter,
+            "invalid_component" => Reason::InvalidComponent,
+            "missing_component" => Reason::MissingComponent,
+            "required_component_missing" => Reason::RequiredComponentMissing,
+            "unsupported_algorithm" => Reason::UnsupportedAlgorithm,
+            "algorithm_not_allowed" => Reason::AlgorithmNotAllowed,
+            "algorithm_mismatch" => Reason::AlgorithmMismatch,
+            "keyid_mismatch" => Reason::KeyIdMismatch,
+            "unknown_key" => Reason::UnknownKey,
+            "invalid_key" => Reason::InvalidKey,
+            "missing_parameter" => Reason::MissingParameter,
+            "expired" => Reason::Expired,
+            "not_yet_valid" => Reason::NotYetValid,
+            "too_old" => Reason::TooOld,
+            "tag_mismatch" => Reason::TagMismatch,
+            "bad_signature" => Reason::BadSignature,
+            "replay" => Reason::Replay,
+            "signing_failed" => Reason::SigningFailed,
+            "digest_mismatch" => Reason::DigestMismatch,
+            _ => return None,
+        })
+    }
+
+    /// True when the client sent malformed signature fields: a `400`, where the other
+    /// reasons are a `401`.
+    pub const fn is_malformed_input(self) -> bool {
+        matches!(
+            self,
+            Reason::MalformedHeader
+                | Reason::DuplicateLabel
+                | Reason::DuplicateParameter
+                | Reason::DuplicateComponent
+                | Reason::InvalidComponent
+        )
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
@@ -201,3 +246,24 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for r in [
+            Reason::MalformedHeader,
+            Reason::BadSignature,
+            Reason::Replay,
+            Reason::DigestMismatch,
+            Reason::KeyIdMismatch,
+        ] {
+            assert_eq!(Reason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(Reason::from_code("nope"), None);
+        assert!(Reason::DuplicateLabel.is_malformed_input());
+        assert!(!Reason::BadSignature.is_malformed_input());
+    }
+}

@@ -98,6 +98,6 @@ pub use params::{
 };
 pub use sign::{random_nonce, sign, Signature};
 pub use verify::{
-    signatures, verify, verify_signature, KeySet, KeySource, LabelledEntry, NonceCheck, Policy,
+    signatures, verify, verify_signature, KeySource, LabelledEntry, NonceCheck, Policy,
     SignatureEntry, Verified,
 };

@@ -130,6 +130,50 @@ impl Message {
         Ok(m)
     }
 
+    /// A request as sent to an absolute URL (`https://host:port/path?query`): origin-form
+    /// target, `Host` = the URL's authority (port kept, userinfo dropped), scheme from
+    /// the URL — what a client signs before handing the request to its HTTP stack.
+    ///
+    /// ```
+    /// use oba_httpsig::{HttpMessage, Message};
+    /// let m = Message::request_to("GET", "http://127.0.0.1:8080/v1/models?x=1")?;
+    /// assert_eq!((m.authority(), m.path(), m.query()), (Some("127.0.0.1:8080"), Some("/v1/models"), Some("x=1")));
+    /// assert_eq!(m.request_target(), None, "origin form");
+    /// # Ok::<(), oba_httpsig::Error>(())
+    /// ```
+    pub fn request_to(method: &str, url: &str) -> Result<Self, Error> {
+        let not_absolute = || Error::malformed(format!("{url:?} is not an absolute http(s) URL"));
+        // A fragment is never sent (RFC 9110 7.1).
+        let url = url.split('#').next().unwrap_or_default();
+        let (scheme, _) = url.split_once("://").ok_or_else(not_absolute)?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(not_absolute());
+        }
+        let Start::Request {
+            path,
+            query,
+            target_authority: Some(authority),
+            ..
+        } = parse_request_target(method, url)?
+        else {
+            return Err(not_absolute());
+        };
+        let authority = authority
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, h)| h);
+        if authority.is_empty() {
+            return Err(not_absolute());
+        }
+        let mut target = path.unwrap_or_else(|| "/".into());
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(&q);
+        }
+        Ok(Message::request(method, &target)?
+            .with_scheme(scheme)
+            .with_header("Host", authority))
+    }
+
     /// A response with the given status code.
     pub fn response(status: u16) -> Result<Self, Error> {
         if !(100..=999).contains(&status) {
@@ -581,6 +625,21 @@ mod tests {
         assert_eq!(m.request_target(), Some("www.example.com:80"));
         let m = Message::parse(b"OPTIONS * HTTP/1.1\nHost: a\n").unwrap();
         assert_eq!(m.request_target(), Some("*"));
+    }
+
+    #[test]
+    fn request_to_an_absolute_url() {
+        let m = Message::request_to("POST", "https://user@Example.com:8443/a/b?c=d#frag").unwrap();
+        assert_eq!(m.header("host").as_deref(), Some("Example.com:8443"));
+        assert_eq!(
+            (m.path(), m.query(), m.scheme()),
+            (Some("/a/b"), Some("c=d"), Some("https"))
+        );
+        let m = Message::request_to("GET", "http://h").unwrap();
+        assert_eq!(m.path(), Some("/"));
+        for bad in ["/relative", "ftp://h/x", "https:///x", "https://"] {
+            assert!(Message::request_to("GET", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -33,35 +33,6 @@ impl<V: Verifier> KeySource for V {
     }
 }
 
-/// A set of keys, chosen by `keyid` (a signature without `keyid` is refused unless
-/// the set holds exactly one key).
-#[derive(Debug, Default)]
-pub struct KeySet<V> {
-    keys: Vec<V>,
-}
-
-impl<V: Verifier> KeySet<V> {
-    /// A set of keys; each should have a key id.
-    pub fn new(keys: Vec<V>) -> Self {
-        KeySet { keys }
-    }
-}
-
-impl<V: Verifier> KeySource for KeySet<V> {
-    fn key_for(&self, _label: &str, params: &SignatureParams) -> Result<&dyn Verifier, Error> {
-        match params.keyid() {
-            Some(id) => self
-                .keys
-                .iter()
-                .find(|k| k.key_id() == Some(id))
-                .map(|k| k as &dyn Verifier)
-                .ok_or_else(|| Error::new(Reason::UnknownKey, format!("no key with keyid {id:?}"))),
-            None if self.keys.len() == 1 => Ok(&self.keys[0]),
-            None => Err(Error::new(Reason::UnknownKey, "signature has no keyid")),
-        }
-    }
-}
-
 /// Replay protection: called with the nonce only after the signature verified.
 pub trait NonceCheck: Send + Sync {
     /// Records `nonce` and returns `true` if it was not seen before (atomically).

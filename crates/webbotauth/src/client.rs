@@ -19,19 +19,21 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use oba_httpsig::jwk::Jwk;
-use oba_httpsig::{HttpMessage, Message};
+use oba_httpsig::{HttpMessage, LabelledEntry, Message};
 use url::Url;
 
-use crate::agent::{AgentRef, AgentType, SignatureAgent};
+use crate::agent::{AgentRef, AgentType};
 use crate::card::SignatureAgentCard;
 use crate::directory::{Directory, MEDIA_TYPE};
 use crate::keys::{AgentKey, KeyLookup, LookupError, StaticKeys};
 use crate::nonce::NonceStore;
-use crate::verify::{verify_request, Outcome, VerifyPolicy};
+use crate::verify::{
+    agent_of, parse_signatures, signature_agent_field, verify_entries, Outcome, VerifyPolicy,
+};
 
 /// A source of monotonic time (injectable for tests).
 pub trait Clock: Send + Sync {
@@ -298,13 +300,6 @@ fn parse_cache_control(values: &[&str]) -> CacheControl {
         }
     }
     cc
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 struct Fetched {
@@ -741,15 +736,9 @@ impl DirectoryClient {
         for (n, v) in headers {
             resp.append_header(n.as_str(), v.as_bytes());
         }
-        let authority = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
-        let req = Message::request("GET", url.path())
-            .map_err(|e| FetchError::Invalid(e.to_string()))?
-            .with_header("Host", authority)
-            .with_scheme(url.scheme());
-        dir.verify_response(&resp, &req, unix_now())
+        let req = Message::request_to("GET", url.as_str())
+            .map_err(|e| FetchError::Invalid(e.to_string()))?;
+        dir.verify_response(&resp, &req, crate::unix_now())
             .map_err(|e| FetchError::Invalid(format!("directory signature: {e}")))
     }
 }
@@ -838,9 +827,24 @@ impl Verifier {
 
     /// Verifies `request` at `now` (unix seconds), fetching the keys it needs first.
     pub async fn verify<M: HttpMessage + Sync + ?Sized>(&self, request: &M, now: i64) -> Outcome {
+        match parse_signatures(request) {
+            Ok(entries) => self.verify_entries(request, entries, now).await,
+            Err(outcome) => *outcome,
+        }
+    }
+
+    /// [`Verifier::verify`] over signatures already parsed with
+    /// [`crate::parse_signatures`] (so a caller that looked at them first does
+    /// not parse them again).
+    pub async fn verify_entries<M: HttpMessage + Sync + ?Sized>(
+        &self,
+        request: &M,
+        entries: Vec<LabelledEntry>,
+        now: i64,
+    ) -> Outcome {
         let mut fetched: HashMap<String, Result<Vec<Arc<AgentKey>>, LookupError>> = HashMap::new();
         if let Some(client) = &self.client {
-            for (agent, keyid) in self.wanted(request) {
+            for (agent, keyid) in self.wanted(request, &entries) {
                 let url = agent.fetch_url().to_string();
                 if let Some(prefixes) = &self.trusted_agents {
                     if !prefixes.iter().any(|p| url.starts_with(p.as_str())) {
@@ -868,51 +872,34 @@ impl Verifier {
             local: &self.local,
             fetched: &fetched,
         };
-        verify_request(request, &lookup, self.nonces.as_deref(), &self.policy, now)
+        verify_entries(
+            request,
+            entries,
+            &lookup,
+            self.nonces.as_deref(),
+            &self.policy,
+            now,
+        )
     }
 
-    /// The (agent, keyid) pairs the Web Bot Auth signatures of `request` name.
-    fn wanted<M: HttpMessage + ?Sized>(&self, request: &M) -> Vec<(AgentRef, String)> {
-        let Ok(entries) = oba_httpsig::signatures(request) else {
-            return Vec::new();
-        };
-        let mut header: Option<String> = None;
-        request.field_lines("signature-agent", &mut |v| {
-            let v = String::from_utf8_lossy(v);
-            header = Some(match header.take() {
-                Some(h) => format!("{h}, {v}"),
-                None => v.into_owned(),
-            });
-        });
-        let Some(sa) = header.and_then(|h| SignatureAgent::parse(&h).ok()) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (_, e) in entries
-            .into_iter()
-            .filter_map(|(l, e)| e.ok().map(|e| (l, e)))
-        {
-            if e.params.tag() != Some(crate::TAG) {
-                continue;
-            }
-            let Some(keyid) = e.params.keyid() else {
-                continue;
-            };
-            let covered: Vec<_> = e
-                .params
-                .components()
-                .iter()
-                .filter(|c| c.name_str() == "signature-agent")
-                .collect();
-            let [c] = covered.as_slice() else { continue };
-            if let Some(agent) = sa
-                .member_for(c.dict_key())
-                .and_then(|m| m.resolve(self.policy.allow_http_loopback).ok())
-            {
-                out.push((agent, keyid.to_owned()));
-            }
-        }
-        out
+    /// The (agent, keyid) pairs the Web Bot Auth signatures name.
+    fn wanted<M: HttpMessage + ?Sized>(
+        &self,
+        request: &M,
+        entries: &[LabelledEntry],
+    ) -> Vec<(AgentRef, String)> {
+        let field = signature_agent_field(request);
+        entries
+            .iter()
+            .filter_map(|(_, e)| e.as_ref().ok())
+            .filter(|e| e.params.tag() == Some(crate::TAG))
+            .filter_map(|e| {
+                let keyid = e.params.keyid()?;
+                let agent = agent_of(&e.params, field.as_deref(), self.policy.allow_http_loopback)
+                    .ok()??;
+                Some((agent, keyid.to_owned()))
+            })
+            .collect()
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use oba_httpsig::digest::{DigestAlgorithm, DigestField};
 use oba_httpsig::jwk::Jwk;
-use oba_httpsig::{Component, HttpMessage, Message, SignatureParams, VerifyingKey};
+use oba_httpsig::{Component, HttpMessage, Message, SignatureParams};
 
 use crate::keys::AgentKey;
 use crate::Error;
@@ -151,10 +151,7 @@ pub fn signed_directory_response(
         p.kid = Some(thumbprint.clone());
         p.use_ = Some("sig".into());
         AgentKey::from_public_jwk(&p, true)?;
-        let alg = match (jwk.kty.as_str(), jwk.alg.as_deref()) {
-            ("RSA", None) => Some(oba_httpsig::Algorithm::RsaPssSha512),
-            _ => None,
-        };
+        let alg = crate::keys::profile_algorithm(jwk);
         signers.push((thumbprint, jwk.signing_key(alg)?));
         public.push(p);
     }
@@ -190,9 +187,4 @@ pub fn signed_directory_response(
     response.append_header("Signature-Input", inputs.join(", "));
     response.append_header("Signature", sigs.join(", "));
     Ok(response)
-}
-
-/// The verifying keys of a directory, for callers that want plain keys.
-pub fn verifying_keys(dir: &Directory) -> impl Iterator<Item = &VerifyingKey> {
-    dir.keys.iter().map(|k| &k.key)
 }

@@ -24,6 +24,13 @@ pub fn is_known_test_key(thumbprint: &str) -> bool {
     KNOWN_TEST_KEY_THUMBPRINTS.contains(&thumbprint)
 }
 
+/// The algorithm to use a JWK with under Web Bot Auth, when it must be given explicitly:
+/// an RSA key without `alg` is `rsa-pss-sha512` (the profile's RSA algorithm); for every
+/// other key `None`, so the JWK's own `kty` / `crv` / `alg` decide.
+pub fn profile_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+    (jwk.kty == "RSA" && jwk.alg.is_none()).then_some(Algorithm::RsaPssSha512)
+}
+
 /// A validated public key of an agent, decoded once.
 #[derive(Debug)]
 pub struct AgentKey {
@@ -56,10 +63,7 @@ impl AgentKey {
                 jwk.kid.as_deref().unwrap_or_default()
             )));
         }
-        let alg = match (jwk.kty.as_str(), jwk.alg.as_deref()) {
-            ("RSA", None) => Some(Algorithm::RsaPssSha512),
-            _ => None,
-        };
+        let alg = profile_algorithm(jwk);
         let key = jwk
             .verifying_key(alg)
             .map_err(|e| Error::Key(e.to_string()))?
@@ -121,23 +125,6 @@ impl KeyLookup for StaticKeys {
         self.keys
             .get(&(a, thumbprint.to_owned()))
             .cloned()
-            .ok_or(LookupError::NotFound)
-    }
-}
-
-/// Lookup through a shared map of fetched key sets (agent fetch URL → keys), as the
-/// directory client fills it.
-impl KeyLookup for HashMap<String, Vec<Arc<AgentKey>>> {
-    fn lookup(
-        &self,
-        agent: Option<&AgentRef>,
-        thumbprint: &str,
-    ) -> Result<Arc<AgentKey>, LookupError> {
-        let Some(agent) = agent else {
-            return Err(LookupError::NotFound);
-        };
-        self.get(agent.fetch_url().as_str())
-            .and_then(|keys| keys.iter().find(|k| k.thumbprint == thumbprint).cloned())
             .ok_or(LookupError::NotFound)
     }
 }

@@ -26,7 +26,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
@@ -91,25 +90,6 @@ pub struct WebBotAuthService<S> {
     layer: WebBotAuthLayer,
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// Rejection codes that mean the client sent a malformed signature field (400).
-fn is_malformed(code: &str) -> bool {
-    matches!(
-        code,
-        "malformed_header"
-            | "duplicate_label"
-            | "duplicate_parameter"
-            | "duplicate_component"
-            | "invalid_component"
-    )
-}
-
 fn rejection<B: From<String>>(status: StatusCode, code: &str, message: &str) -> Response<B> {
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     let mut resp = Response::new(B::from(body));
@@ -155,11 +135,11 @@ where
             *head.headers_mut() = req.headers().clone();
             head.extensions_mut()
                 .insert(oba_httpsig::http::Scheme(layer.scheme.to_owned()));
-            let outcome = layer.verifier.verify(&head, unix_now()).await;
+            let outcome = layer.verifier.verify(&head, crate::unix_now()).await;
             if layer.mode == Mode::Require {
                 match &outcome {
                     Outcome::Verified(_) => {}
-                    Outcome::Invalid(r) if is_malformed(r.code) => {
+                    Outcome::Invalid(r) if r.is_malformed() => {
                         return Ok(rejection(StatusCode::BAD_REQUEST, r.code, &r.message));
                     }
                     Outcome::Invalid(r) | Outcome::Unverified(r) => {

@@ -65,7 +65,20 @@ mod verify;
 
 pub use keys::{AgentKey, KeyLookup, LookupError, StaticKeys};
 pub use sign::{WebBotAuthSigner, MAX_VALIDITY_SECS};
-pub use verify::{verify_request, Outcome, Rejection, VerifiedAgent, VerifyPolicy};
+pub use verify::{
+    parse_signatures, verify_entries, verify_request, Outcome, Rejection, VerifiedAgent,
+    VerifyPolicy,
+};
+
+/// Unix seconds now: the clock of the I/O shells (client, layer, reqwest signer); the
+/// profile itself always takes time as a parameter.
+#[cfg(feature = "client")]
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 /// The `tag` of a Web Bot Auth request signature.
 pub const TAG: &str = "web-bot-auth";

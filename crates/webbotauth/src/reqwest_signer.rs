@@ -14,7 +14,6 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 
@@ -80,11 +79,8 @@ impl Middleware for SigningMiddleware {
         extensions: &mut http::Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        sign_request(&self.signer, &mut req, now).map_err(reqwest_middleware::Error::middleware)?;
+        sign_request(&self.signer, &mut req, crate::unix_now())
+            .map_err(reqwest_middleware::Error::middleware)?;
         next.run(req, extensions).await
     }
 }

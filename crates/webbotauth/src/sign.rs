@@ -47,10 +47,7 @@ impl WebBotAuthSigner {
                 "Web Bot Auth needs an asymmetric key, not HMAC".into(),
             ));
         }
-        let alg = match (jwk.kty.as_str(), jwk.alg.as_deref()) {
-            ("RSA", None) => Some(oba_httpsig::Algorithm::RsaPssSha512),
-            _ => None,
-        };
+        let alg = crate::keys::profile_algorithm(jwk);
         let key = jwk
             .signing_key(alg)
             .map_err(|e| Error::Key(e.to_string()))?;
@@ -69,14 +66,8 @@ impl WebBotAuthSigner {
     /// Publishes where the keys are (`https://` origin of a key directory, normally).
     pub fn with_signature_agent(mut self, url: &str) -> Result<Self, Error> {
         let u = url::Url::parse(url).map_err(|e| Error::SignatureAgent(format!("{url:?}: {e}")))?;
-        if u.scheme() != "https"
-            && !(u.scheme() == "http"
-                && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")))
-        {
-            return Err(Error::SignatureAgent(format!(
-                "{url:?} is not an https URL"
-            )));
-        }
+        // https, or http to loopback (the same rule verifiers apply in tests).
+        crate::agent::check_https(&u, true)?;
         self.signature_agent = Some(url.to_owned());
         Ok(self)
     }

@@ -1,8 +1,8 @@
 //! Verifying bot requests: the three outcomes of the Web Bot Auth profile.
 
 use oba_httpsig::{
-    Component, Derived, HttpMessage, KeySource, Policy, Reason, SignatureEntry, SignatureParams,
-    Verifier,
+    Component, Derived, HttpMessage, KeySource, LabelledEntry, Policy, Reason, SignatureEntry,
+    SignatureParams, Verifier,
 };
 
 use crate::agent::{AgentRef, SignatureAgent};
@@ -68,6 +68,13 @@ pub struct Rejection {
     pub label: Option<String>,
 }
 
+impl Rejection {
+    /// True when the signature fields were malformed (a `400` rather than a `401`).
+    pub fn is_malformed(&self) -> bool {
+        Reason::from_code(self.code).is_some_and(Reason::is_malformed_input)
+    }
+}
+
 /// The outcome of verifying a request, three cases kept distinct.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -111,32 +118,92 @@ pub fn verify_request<M: HttpMessage + ?Sized>(
     policy: &VerifyPolicy,
     now: i64,
 ) -> Outcome {
-    let entries = match oba_httpsig::signatures(request) {
-        Ok(e) => e,
-        Err(e) if e.reason() == Reason::MissingSignature => {
-            return Outcome::Unverified(Rejection {
+    match parse_signatures(request) {
+        Ok(entries) => verify_entries(request, entries, keys, nonces, policy, now),
+        Err(outcome) => *outcome,
+    }
+}
+
+/// The signatures of `request`, parsed once; the outcome to report when there are none
+/// or the fields are malformed.
+pub fn parse_signatures<M: HttpMessage + ?Sized>(
+    request: &M,
+) -> Result<Vec<LabelledEntry>, Box<Outcome>> {
+    oba_httpsig::signatures(request).map_err(|e| {
+        Box::new(if e.reason() == Reason::MissingSignature {
+            Outcome::Unverified(Rejection {
                 code: "no_signature",
                 message: "no Signature-Input / Signature".into(),
                 label: None,
             })
-        }
-        Err(e) => {
-            return Outcome::Invalid(Rejection {
+        } else {
+            Outcome::Invalid(Rejection {
                 code: e.reason().code(),
                 message: e.to_string(),
                 label: None,
             })
-        }
-    };
-    let mut agent_field: Option<Vec<u8>> = None;
-    request.field_lines("signature-agent", &mut |v| match &mut agent_field {
+        })
+    })
+}
+
+/// The combined `Signature-Agent` field of a request, if any.
+pub(crate) fn signature_agent_field<M: HttpMessage + ?Sized>(request: &M) -> Option<String> {
+    let mut field: Option<Vec<u8>> = None;
+    request.field_lines("signature-agent", &mut |v| match &mut field {
         Some(a) => {
             a.extend_from_slice(b", ");
             a.extend_from_slice(v);
         }
-        None => agent_field = Some(v.to_vec()),
+        None => field = Some(v.to_vec()),
     });
-    let agent_header = agent_field.map(|v| String::from_utf8_lossy(&v).into_owned());
+    field.map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// The agent a signature names through `Signature-Agent` (`field`): `Ok(None)` when
+/// there is no field or its member cannot be used (unparseable, not https, not an
+/// origin for a directory: the key must then be known locally; the signature still
+/// covers the field as sent). A field the signature does not cover (or covers twice)
+/// is a profile violation: `Err((code, message))`.
+pub(crate) fn agent_of(
+    params: &SignatureParams,
+    field: Option<&str>,
+    allow_http_loopback: bool,
+) -> Result<Option<AgentRef>, (&'static str, &'static str)> {
+    let Some(value) = field else {
+        return Ok(None);
+    };
+    let mut covered = params
+        .components()
+        .iter()
+        .filter(|c| c.name_str() == "signature-agent" && !c.is_req());
+    let member_key = match (covered.next(), covered.next()) {
+        (None, _) => {
+            return Err((
+                "signature_agent_not_covered",
+                "Signature-Agent is present but this signature does not cover it",
+            ))
+        }
+        (Some(c), None) => c.dict_key(),
+        (Some(_), Some(_)) => {
+            return Err(("signature_agent_ambiguous", "Signature-Agent covered twice"))
+        }
+    };
+    Ok(SignatureAgent::parse(value)
+        .ok()
+        .and_then(|sa| sa.member_for(member_key).cloned())
+        .and_then(|m| m.resolve(allow_http_loopback).ok()))
+}
+
+/// [`verify_request`] over signatures already parsed with [`parse_signatures`].
+pub fn verify_entries<M: HttpMessage + ?Sized>(
+    request: &M,
+    entries: Vec<LabelledEntry>,
+    keys: &dyn KeyLookup,
+    nonces: Option<&dyn NonceStore>,
+    policy: &VerifyPolicy,
+    now: i64,
+) -> Outcome {
+    let agent_header = signature_agent_field(request);
 
     let mut invalid: Option<Rejection> = None;
     let mut unverified: Option<Rejection> = None;
@@ -242,38 +309,8 @@ fn verify_one<M: HttpMessage + ?Sized>(
     };
 
     // Which Signature-Agent member belongs to this signature.
-    let covered_sa: Vec<&Component> = p
-        .components()
-        .iter()
-        .filter(|c| c.name_str() == "signature-agent" && !c.is_req())
-        .collect();
-    let agent = match agent_header {
-        None => None,
-        Some(value) => {
-            let member_key = match covered_sa.as_slice() {
-                [] => {
-                    return Err(invalid(
-                        "signature_agent_not_covered",
-                        "Signature-Agent is present but this signature does not cover it".into(),
-                    ))
-                }
-                [c] => c.dict_key(),
-                _ => {
-                    return Err(invalid(
-                        "signature_agent_ambiguous",
-                        "Signature-Agent covered twice".into(),
-                    ))
-                }
-            };
-            // A value or member that cannot be used (unparseable, not https, not an
-            // origin for a directory) is not used: the key must then be known locally.
-            // The signature still covers the field as sent.
-            SignatureAgent::parse(value)
-                .ok()
-                .and_then(|sa| sa.member_for(member_key).cloned())
-                .and_then(|m| m.resolve(policy.allow_http_loopback).ok())
-        }
-    };
+    let agent = agent_of(p, agent_header, policy.allow_http_loopback)
+        .map_err(|(code, msg)| invalid(code, msg.into()))?;
     if policy.require_signature_agent && agent.is_none() {
         return Err(unverified(
             "no_signature_agent",
