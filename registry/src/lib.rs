@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{delete, get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 
 mod api;
@@ -245,7 +246,14 @@ pub async fn start(config: Config) -> Result<Registry, Error> {
     };
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(
+            listener.tap_io(|t| {
+                let _ = t.set_nodelay(true);
+            }),
+            app,
+        )
+        .await
+        {
             log(format_args!("registry: server error: {e}"));
         }
     });

@@ -29,6 +29,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use oba_httpsig::digest::DigestField;
 use oba_httpsig::jwk::Jwk;
@@ -227,7 +228,14 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
         .fallback(proxy)
         .with_state(state);
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(
+            listener.tap_io(|t| {
+                let _ = t.set_nodelay(true);
+            }),
+            app,
+        )
+        .await
+        {
             log(format_args!("gateway: server error: {e}"));
         }
     });
@@ -504,10 +512,9 @@ async fn proxy_inner(
     let mut out = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers() {
         // The request id is the gateway's (it is in the stamp); the upstream's is dropped.
-        if HOP_BY_HOP.contains(&name.as_str())
-            || name.as_str() == "content-length"
-            || name.as_str() == "x-request-id"
-        {
+        // Content-Length is kept: the body passes through unchanged, and a known length
+        // lets the response go out in one write instead of chunked frames.
+        if HOP_BY_HOP.contains(&name.as_str()) || name.as_str() == "x-request-id" {
             continue;
         }
         out = out.header(name, value);
