@@ -31,8 +31,15 @@ impl ReplayStore {
     /// Connects to Redis.
     pub async fn redis(url: &str, prefix: &str) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis: {e}"))?;
+        // Fail fast: an unreachable Redis is reported at start in about two seconds,
+        // and a request waits at most two seconds for an answer (then fails closed).
+        let timeout = Some(std::time::Duration::from_secs(2));
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(1);
         let conn = client
-            .get_connection_manager()
+            .get_connection_manager_with_config(config)
             .await
             .map_err(|e| format!("redis: {e}"))?;
         Ok(ReplayStore::Redis {

@@ -1,7 +1,8 @@
 //! The identity stamp: the verified principal as `X-Attach-*` fields, signed by the
 //! gateway (RFC 9421, `tag="attach-gateway"`) over `@method @authority @path @query`,
 //! `content-digest` when there is a body, and every `X-Attach-*` field, so a model server
-//! can trust the stamp without trusting the network.
+//! can trust the stamp without trusting the network. The stamp expires after 60 s and
+//! carries the request id as its `nonce`.
 
 use axum::http::Method;
 use oba_httpsig::digest::{DigestAlgorithm, DigestField};
@@ -96,6 +97,9 @@ impl Stamper {
             .and_then(|p| p.with_expires(now.saturating_add(60)))
             .and_then(|p| p.with_keyid(&self.thumbprint))
             .and_then(|p| p.with_tag(TAG))
+            // The request id is random and unique: as the nonce, it lets a model server
+            // or sidecar refuse a stamped request replayed inside its minute of validity.
+            .and_then(|p| p.with_nonce(request_id))
             .map_err(|e| e.to_string())?;
         let sig =
             oba_httpsig::sign(&msg, None, LABEL, params, &self.key).map_err(|e| e.to_string())?;

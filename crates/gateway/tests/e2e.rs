@@ -238,6 +238,13 @@ fn verify_stamp(
         .keyid()
         .ok_or("stamp without keyid")?
         .to_owned();
+    // The stamp's nonce is the request id (a sidecar can refuse a replayed stamp).
+    let request_id = headers
+        .get("x-attach-request-id")
+        .and_then(|v| v.to_str().ok());
+    if entry.params.nonce() != request_id {
+        return Err("stamp nonce is not the request id".into());
+    }
     let jwk = s
         .keys
         .lock()
