@@ -39,6 +39,9 @@ pub(crate) struct GatewayArgs {
     /// Audience the OIDC tokens must carry.
     #[arg(long)]
     oidc_audience: Option<String>,
+    /// Record conversation memory in this store: `sqlite:PATH` or a `postgres://` URL.
+    #[arg(long, env = "OBA_GATEWAY_MEMORY")]
+    memory: Option<String>,
     /// Add a policy rule allowing every authenticated principal (the default is deny).
     #[arg(long)]
     allow_authenticated: bool,
@@ -160,6 +163,12 @@ fn run(args: GatewayArgs) -> Result<u8, Failure> {
             });
     }
     config.allow_insecure_directories |= args.allow_insecure_directories;
+    if let Some(store) = args.memory {
+        match &mut config.memory {
+            Some(m) => m.store = store,
+            None => config.memory = Some(attach_gateway::config::MemoryConfig::new(&store)),
+        }
+    }
     if args.allow_authenticated {
         config.policy.push(attach_gateway::config::Rule::default());
     }
@@ -173,8 +182,25 @@ fn run(args: GatewayArgs) -> Result<u8, Failure> {
             .await
             .map_err(|e| fail(e.to_string()))?;
         eprintln!("gateway listening on http://{}", gw.addr);
-        let _ = tokio::signal::ctrl_c().await;
-        gw.stop();
+        stopped().await;
+        eprintln!("gateway: shutting down (in-flight requests, then the memory queue)");
+        gw.shutdown(std::time::Duration::from_secs(10)).await;
         Ok(0)
     })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub(crate) async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

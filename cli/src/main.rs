@@ -20,6 +20,7 @@ use oba_httpsig::{
 use serde_json::json;
 
 mod gateway_cmd;
+mod memory_cmd;
 mod registry_cmd;
 mod up_cmd;
 mod wba;
@@ -78,6 +79,8 @@ enum Command {
     Gateway(gateway_cmd::GatewayArgs),
     /// The whole stack on this machine: registry and gateway, SQLite under a data directory.
     Up(up_cmd::UpArgs),
+    /// Conversation memory on a gateway: list, search, delete (yours only).
+    Memory(memory_cmd::MemoryArgs),
 }
 
 #[derive(Subcommand)]
@@ -250,6 +253,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => registry_cmd::publish(args),
         Command::Gateway(args) => gateway_cmd::gateway(args),
         Command::Up(args) => up_cmd::up(args),
+        Command::Memory(args) => memory_cmd::memory(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -10,7 +10,7 @@ use crate::{fail, write_private, Failure};
 /// `oba up`.
 #[derive(Args)]
 pub(crate) struct UpArgs {
-    /// Where the registry database, the gateway keys and the stamp key live.
+    /// Where the registry database, the gateway keys, the stamp key and memory live.
     #[arg(long, default_value = "oba-data")]
     data_dir: PathBuf,
     /// The model server.
@@ -75,6 +75,11 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
             url: args.upstream.clone(),
             models: Vec::new(),
         });
+        // Conversation memory, in SQLite next to the registry.
+        config.memory = Some(attach_gateway::config::MemoryConfig::new(&format!(
+            "sqlite:{}",
+            dir.join("memory.db").display()
+        )));
         // Local quick start: every authenticated principal may call the model server.
         config.policy.push(attach_gateway::config::Rule::default());
         let gateway = attach_gateway::start(config).await.map_err(|e| fail(format!("gateway: {e}")))?;
@@ -91,9 +96,9 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
             t = token_file.display(),
             k = dir.join("gateway-keys.jsonl").display(),
         );
-        let _ = tokio::signal::ctrl_c().await;
-        gateway.stop();
+        crate::gateway_cmd::stopped().await;
         registry.stop();
+        gateway.shutdown(std::time::Duration::from_secs(10)).await;
         Ok(0)
     })
 }

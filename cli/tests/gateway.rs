@@ -23,6 +23,10 @@ fn oba(args: &[&str]) -> Output {
 }
 
 fn gateway(upstream: &str, keys: &Path) -> (Server, String) {
+    gateway_with(upstream, keys, &[])
+}
+
+fn gateway_with(upstream: &str, keys: &Path, extra: &[&str]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_oba"))
         .args([
             "gateway",
@@ -34,6 +38,7 @@ fn gateway(upstream: &str, keys: &Path) -> (Server, String) {
             keys.to_str().unwrap(),
             "--allow-authenticated",
         ])
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -141,4 +146,102 @@ fn keys_and_a_proxied_request() {
             .unwrap();
         assert_eq!(r.status(), 401, "revoked");
     });
+}
+
+/// `oba gateway --memory` records chat turns; `oba memory ls|search|rm` reads and deletes
+/// them with the caller's key, and only the caller's.
+#[test]
+fn memory_recorded_listed_searched_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.jsonl");
+    let f = file.to_str().unwrap();
+    let key = |name: &str| {
+        let out = oba(&["gateway", "keys", "create", name, "--file", f]);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (alice, bob) = (key("alice"), key("bob"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            (
+                [("content-type", "application/json")],
+                r#"{"choices":[{"message":{"role":"assistant","content":"The otter is called Pebble."}}]}"#,
+            )
+        }),
+    );
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let store = format!("sqlite:{}", dir.path().join("memory.db").display());
+    let (_gw, url) = gateway_with(&upstream, &file, &["--memory", &store]);
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(&alice)
+            .header("x-attach-session", "pets")
+            .header("content-type", "application/json")
+            .body(r#"{"model":"m","messages":[{"role":"user","content":"Name my otter"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    let mem = |token: &str, args: &[&str]| {
+        let mut all = vec!["memory"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--gateway", &url, "--token", token]);
+        oba(&all)
+    };
+    // The write is off the request path: poll.
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..100 {
+        let out = mem(&alice, &["ls", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        listed = serde_json::from_slice(&out.stdout).unwrap();
+        if listed["turns"].as_array().is_some_and(|t| !t.is_empty()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let turn = &listed["turns"][0];
+    assert_eq!(turn["user"], "Name my otter");
+    assert_eq!(turn["assistant"], "The otter is called Pebble.");
+    assert_eq!(turn["session"], "key:alice/pets");
+    let id = turn["id"].as_str().unwrap().to_owned();
+
+    let out = mem(&alice, &["search", "otter Pebble"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&id) && text.contains("assistant: The otter is called Pebble."),
+        "{text}"
+    );
+    // Bob sees nothing of Alice's, and cannot delete it.
+    let out = mem(&bob, &["ls"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "no turns\n");
+    let out = mem(&bob, &["rm", &id]);
+    assert_eq!(out.status.code(), Some(1), "not found for bob");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+    // No credential: 401, exit 2.
+    let out = oba(&["memory", "ls", "--gateway", &url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // Alice deletes it.
+    let out = mem(&alice, &["rm", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["deleted"], 1);
+    let out = mem(&alice, &["ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["turns"], serde_json::json!([]));
+    // rm needs a selector.
+    assert_eq!(mem(&alice, &["rm"]).status.code(), Some(2));
 }

@@ -181,18 +181,29 @@ async fn stack() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
         policy: vec![attach_gateway::config::Rule::default()],
         ..attach_gateway::GatewayConfig::default()
     };
+    // The same gateway with conversation memory (SQLite, every turn written).
+    let memory_dir = tempfile::tempdir()?.keep();
+    let mut with_memory = config.clone();
+    with_memory.memory = Some(attach_gateway::config::MemoryConfig::new(&format!(
+        "sqlite:{}",
+        memory_dir.join("memory.db").display()
+    )));
     let gw = attach_gateway::start(config).await?;
+    let gw_memory = attach_gateway::start(with_memory).await?;
     // The gateway read its key file at start; it keeps running in the background.
     drop(dir);
     let info = serde_json::json!({
         "direct": format!("{upstream}/v1/chat/completions"),
         "gateway": format!("http://{}/v1/chat/completions", gw.addr),
+        "gateway_memory": format!("http://{}/v1/chat/completions", gw_memory.addr),
         "api_key": api_key,
         "jwt": jwt,
         "directory": directory,
         "bot_jwk": bot,
     });
-    drop(gw); // detaches: the server task goes on
+    // Detached: the server tasks go on.
+    drop(gw);
+    drop(gw_memory);
     Ok(info)
 }
 
@@ -201,6 +212,8 @@ async fn stack() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
 enum Auth {
     None,
     ApiKey(String),
+    /// An API key, asking the gateway to recall memory into the prompt.
+    ApiKeyRecall(String),
     Bot(Arc<oba_webbotauth::WebBotAuthSigner>),
     Jwt(String),
 }
@@ -214,6 +227,7 @@ async fn one(client: &reqwest::Client, url: &str, auth: &Auth) -> Result<Duratio
     match auth {
         Auth::None => {}
         Auth::ApiKey(k) | Auth::Jwt(k) => req = req.bearer_auth(k),
+        Auth::ApiKeyRecall(k) => req = req.bearer_auth(k).header("x-attach-memory", "recall"),
         Auth::Bot(signer) => {
             let mut r = req.build().map_err(|e| e.to_string())?;
             oba_webbotauth::reqwest_signer::sign_request(signer, &mut r, unix())
@@ -469,6 +483,7 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
     let info: serde_json::Value = serde_json::from_str(&line)?;
     let s = |k: &str| info[k].as_str().unwrap_or_default().to_owned();
     let (direct, through, api_key, jwt) = (s("direct"), s("gateway"), s("api_key"), s("jwt"));
+    let through_memory = s("gateway_memory");
     let bot = Jwk::parse(&info["bot_jwk"].to_string())?;
     let signer = Arc::new(
         oba_webbotauth::WebBotAuthSigner::new(&bot)?.with_signature_agent(&s("directory"))?,
@@ -510,6 +525,16 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
             through.as_str(),
             Auth::Jwt(jwt.clone()),
         ),
+        (
+            "gateway, API key, memory on (each turn written to SQLite)",
+            through_memory.as_str(),
+            Auth::ApiKey(api_key.clone()),
+        ),
+        (
+            "gateway, API key, memory recall (full-text search + injection)",
+            through_memory.as_str(),
+            Auth::ApiKeyRecall(api_key.clone()),
+        ),
     ];
     let mut max_key = 0.0;
     for (name, url, auth) in &rows {
@@ -550,6 +575,25 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
         (g99.as_secs_f64() - d99.as_secs_f64()) * 1e3,
         (g.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e3
     );
+    // Memory's write path is off the request: the same gateway with and without it.
+    let [(off, off99), (on, on99)] = open(
+        (&through, &Auth::ApiKey(api_key.clone())),
+        (&through_memory, &Auth::ApiKey(api_key.clone())),
+        half,
+        windows,
+    )
+    .await;
+    println!("\nMemory off vs on (every turn written), same rate, interleaved windows:");
+    println!("| gateway | p50 ms | p99 ms (pooled) | p99 ms (median of windows) | errors |\n|---|---:|---:|---:|---:|");
+    for (name, s, p99) in [("memory off", off, off99), ("memory on", on, on99)] {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {} |",
+            s.p50.as_secs_f64() * 1e3,
+            s.p99.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            s.errors
+        );
+    }
     let t_direct = ttfb(&direct, &Auth::None, 200).await;
     let t_gw = ttfb(&through, &Auth::ApiKey(api_key), 200).await;
     println!(

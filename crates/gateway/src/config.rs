@@ -29,6 +29,10 @@
 //! id = "key:ci"                # optional, exact principal id
 //! routes = ["/v1/chat/completions"]  # optional
 //! models = ["llama3*"]         # optional, `*` suffix = prefix
+//! memory = "write"             # optional: the most memory allowed (off | write | recall)
+//!
+//! [memory]                     # conversation memory; see gateway.example.toml
+//! store = "sqlite:memory.db"   # or a postgres:// URL
 //! ```
 
 use serde::Deserialize;
@@ -116,6 +120,123 @@ pub struct Rule {
     /// Models allowed (default: all); `*` suffix = prefix.
     #[serde(default)]
     pub models: Vec<String>,
+    /// The most memory a matching request may use (default: `memory.max_mode`).
+    #[serde(default)]
+    pub memory: Option<MemoryMode>,
+}
+
+/// What memory does for a request, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMode {
+    /// Nothing recorded, nothing recalled.
+    Off,
+    /// The turn is recorded.
+    Write,
+    /// Recorded, and earlier turns are recalled into the prompt.
+    Recall,
+}
+
+/// Conversation memory (`[memory]`): absent = off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// `sqlite:PATH`, `sqlite::memory:` or a `postgres://` URL.
+    pub store: String,
+    /// PostgreSQL schema (created if missing); default `public`.
+    #[serde(default)]
+    pub postgres_schema: Option<String>,
+    /// The journal that keeps turns while the store is down (default: `PATH.journal`
+    /// next to a SQLite file, else `attach-memory.journal`).
+    #[serde(default)]
+    pub journal: Option<std::path::PathBuf>,
+    /// Mode of a request without `X-Attach-Memory` (default `write`; never above what
+    /// the policy allows).
+    #[serde(default = "default_mode")]
+    pub default_mode: MemoryMode,
+    /// The most a request may ask for, unless its policy rule says otherwise (default
+    /// `recall`).
+    #[serde(default = "max_mode")]
+    pub max_mode: MemoryMode,
+    /// Token budget of the recalled system message (estimated, 4 bytes a token).
+    #[serde(default = "default_budget")]
+    pub recall_budget_tokens: usize,
+    /// Most turns considered for recall.
+    #[serde(default = "default_recall_limit")]
+    pub recall_limit: usize,
+    /// Turns the write queue holds before it spills to the journal.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Largest reply kept per turn, bytes (longer: kept up to here, marked incomplete).
+    #[serde(default = "default_turn_bytes")]
+    pub max_turn_bytes: usize,
+    /// Days turns are kept (0 = forever), for tenants not listed below.
+    #[serde(default)]
+    pub retention_days: u32,
+    /// Days per tenant.
+    #[serde(default)]
+    pub tenant_retention_days: std::collections::BTreeMap<String, u32>,
+    /// Vector recall: embeddings from an upstream's embedding endpoint (full-text
+    /// ranking without it).
+    #[serde(default)]
+    pub embedding: Option<EmbeddingConfig>,
+    /// Vector recall's recency bonus halves every this many days (default 7).
+    #[serde(default = "default_half_life")]
+    pub recency_half_life_days: f64,
+}
+
+/// The embedding model for vector recall.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// The upstream (by name) whose `/v1/embeddings` or `/api/embed` computes them.
+    pub upstream: String,
+    /// The embedding model.
+    pub model: String,
+}
+
+fn default_half_life() -> f64 {
+    7.0
+}
+
+impl MemoryConfig {
+    /// Defaults, with `store` (`sqlite:PATH`, `sqlite::memory:`, `postgres://...`).
+    pub fn new(store: &str) -> Self {
+        MemoryConfig {
+            store: store.to_owned(),
+            postgres_schema: None,
+            journal: None,
+            default_mode: default_mode(),
+            max_mode: max_mode(),
+            recall_budget_tokens: default_budget(),
+            recall_limit: default_recall_limit(),
+            queue_capacity: default_queue(),
+            max_turn_bytes: default_turn_bytes(),
+            retention_days: 0,
+            tenant_retention_days: Default::default(),
+            embedding: None,
+            recency_half_life_days: default_half_life(),
+        }
+    }
+}
+
+fn default_mode() -> MemoryMode {
+    MemoryMode::Write
+}
+fn max_mode() -> MemoryMode {
+    MemoryMode::Recall
+}
+fn default_budget() -> usize {
+    1024
+}
+fn default_recall_limit() -> usize {
+    8
+}
+fn default_queue() -> usize {
+    10_000
+}
+fn default_turn_bytes() -> usize {
+    256 * 1024
 }
 
 /// Gateway settings.
@@ -183,6 +304,9 @@ pub struct GatewayConfig {
     /// Longest silence inside an upstream response (a stalled stream), seconds (default 300).
     #[serde(default = "default_idle")]
     pub idle_timeout_secs: u64,
+    /// Conversation memory (off when absent).
+    #[serde(default)]
+    pub memory: Option<MemoryConfig>,
 }
 
 fn default_listen() -> String {
@@ -229,8 +353,12 @@ mod tests {
         let c = GatewayConfig::from_toml(include_str!("../gateway.example.toml")).unwrap();
         assert_eq!(c.upstreams.len(), 2);
         assert_eq!(c.upstreams[0].kind, UpstreamKind::Ollama);
-        assert_eq!(c.policy.len(), 3);
-        assert_eq!(c.policy[2].claims["groups"], "admins");
+        assert_eq!(c.policy.len(), 4);
+        assert_eq!(c.policy[0].memory, Some(MemoryMode::Write));
+        assert_eq!(c.policy[3].claims["groups"], "admins");
+        let m = c.memory.unwrap();
+        assert_eq!(m.default_mode, MemoryMode::Write);
+        assert_eq!(m.tenant_retention_days["acme"], 30);
         assert_eq!(c.service_accounts[0].name, "batch-job");
         assert!(c.require_nonce);
     }

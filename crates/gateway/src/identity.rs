@@ -44,6 +44,8 @@ pub enum AuthMethod {
     ApiKey,
     /// OIDC bearer JWT.
     Oidc,
+    /// The gateway itself (its own calls upstream, e.g. embeddings for memory).
+    Gateway,
 }
 
 impl AuthMethod {
@@ -54,6 +56,7 @@ impl AuthMethod {
             AuthMethod::HttpSignature => "http-signature",
             AuthMethod::ApiKey => "api-key",
             AuthMethod::Oidc => "oidc",
+            AuthMethod::Gateway => "gateway",
         }
     }
 }

@@ -16,7 +16,9 @@
 //!    streamed back chunk by chunk; upstream down → 502, timeout → 504, JSON errors with a
 //!    request id.
 //!
-//! Not yet: metrics, `oba up`, the load benchmark (see the issue notes).
+//! 5. **memory** ([`memory`], when configured): each chat turn recorded under the verified
+//!    identity off the request path, earlier turns recalled into the prompt within a
+//!    budget, shared spaces with rights, and the memory API at `/attach/v1/memory`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -28,7 +30,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::serve::ListenerExt;
 use axum::Router;
 use oba_httpsig::digest::DigestField;
@@ -37,6 +39,7 @@ use oba_httpsig::jwk::Jwk;
 pub mod apikeys;
 pub mod config;
 pub mod identity;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod replay;
@@ -71,9 +74,10 @@ pub enum Error {
 
 struct Inner {
     metrics: metrics::Metrics,
+    memory: Option<memory::Memory>,
     config: GatewayConfig,
     auth: identity::Authenticator,
-    stamp: stamp::Stamper,
+    stamp: Arc<stamp::Stamper>,
     http: reqwest::Client,
     public_url: String,
 }
@@ -89,6 +93,8 @@ pub struct Gateway {
     /// The stamp key's public JWK (what upstreams verify the stamp with).
     pub stamp_public_jwk: Jwk,
     task: tokio::task::JoinHandle<()>,
+    shutdown: Arc<tokio::sync::Notify>,
+    memory_writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -96,9 +102,23 @@ impl Gateway {
     pub async fn wait(self) {
         let _ = self.task.await;
     }
-    /// Stops serving.
+    /// Stops serving at once (in-flight requests are cut; queued memory turns are
+    /// still written by the writer task, which drains in the background).
     pub fn stop(&self) {
         self.task.abort();
+    }
+    /// Graceful shutdown: stops accepting, lets in-flight requests finish (at most
+    /// `grace`, then cuts them), then drains the memory queue into the store (or its
+    /// journal) before returning.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.shutdown.notify_one();
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+        if let Some(w) = self.memory_writer.take() {
+            let _ = w.await;
+        }
     }
 }
 
@@ -197,7 +217,40 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
     let stamp_public_jwk = stamp.public_jwk().clone();
+    let stamp = Arc::new(stamp);
+    let (memory, memory_writer) = match &config.memory {
+        Some(m) => {
+            let embedder = match &m.embedding {
+                Some(e) => {
+                    let u = config
+                        .upstreams
+                        .iter()
+                        .find(|u| u.name == e.upstream)
+                        .ok_or_else(|| {
+                            Error::Config(format!(
+                                "memory.embedding: no upstream named {}",
+                                e.upstream
+                            ))
+                        })?;
+                    Some(memory::embed::Embedder::new(
+                        http.clone(),
+                        &u.url,
+                        u.kind,
+                        &e.model,
+                        stamp.clone(),
+                    ))
+                }
+                None => None,
+            };
+            let (m, task) = memory::Memory::open(m.clone(), embedder)
+                .await
+                .map_err(Error::Config)?;
+            (Some(m), Some(task))
+        }
+        None => (None, None),
+    };
     let state = AppState(Arc::new(Inner {
+        memory,
         auth: identity::Authenticator {
             bots: Arc::new(bots),
             services,
@@ -219,23 +272,40 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
         .route("/.well-known/jwks.json", get(jwks))
         .route(
             "/metrics",
-            get(|State(s): State<AppState>| async move { s.0.metrics.render() }),
+            get(|State(s): State<AppState>| async move {
+                let mut text = s.0.metrics.render();
+                if let Some(m) = &s.0.memory {
+                    text.push_str(&m.writer.stats.render());
+                }
+                text
+            }),
         )
         .route(
             "/.well-known/oauth-protected-resource",
             get(resource_metadata),
         )
+        .route(memory::api::PREFIX, any(memory_api))
+        .route(
+            &format!("{}/{{*rest}}", memory::api::PREFIX),
+            any(memory_api),
+        )
         .fallback(proxy)
-        .with_state(state);
+        .with_state(state.clone());
+    if state.0.memory.is_some() {
+        tokio::spawn(retention(Arc::downgrade(&state.0)));
+    }
+    drop(state);
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let signal = shutdown.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(
+        let serve = axum::serve(
             listener.tap_io(|t| {
                 let _ = t.set_nodelay(true);
             }),
             app,
         )
-        .await
-        {
+        .with_graceful_shutdown(async move { signal.notified().await });
+        if let Err(e) = serve.await {
             log(format_args!("gateway: server error: {e}"));
         }
     });
@@ -243,7 +313,20 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
         addr,
         stamp_public_jwk,
         task,
+        shutdown,
+        memory_writer,
     })
+}
+
+/// Deletes turns past their tenant's retention, hourly (reads already hide them).
+async fn retention(state: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let Some(s) = state.upgrade() else { return };
+        let Some(m) = &s.memory else { return };
+        m.purge(memory::now_ms()).await;
+    }
 }
 
 async fn jwks(State(s): State<AppState>) -> Response {
@@ -351,6 +434,109 @@ async fn proxy(
     resp
 }
 
+/// Authenticates a request (identity, then its Content-Digest against the body).
+async fn admit(
+    s: &Inner,
+    auth_method: &mut &'static str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Principal, (StatusCode, String, String)> {
+    let scheme = s.public_url.split("://").next().unwrap_or("http");
+    let head = identity::head_of(headers, method, uri, scheme);
+    let principal = match s.auth.authenticate(&head, !body.is_empty(), now()).await {
+        Ok(p) => {
+            *auth_method = p.auth_method.as_str();
+            p
+        }
+        Err(r) => {
+            s.metrics.auth_failure(&r.code);
+            log(format_args!(
+                "gateway: authentication refused: {} ({})",
+                r.code, r.message
+            ));
+            return Err((r.status, r.code, r.message));
+        }
+    };
+    // A Content-Digest, when sent, must match the body (it may be what the signature covers).
+    if let Some(cd) = headers.get("content-digest") {
+        let ok = cd
+            .to_str()
+            .ok()
+            .and_then(|v| DigestField::parse(v).ok())
+            .is_some_and(|f| f.verify(body).is_ok());
+        if !ok {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "digest_mismatch".into(),
+                "Content-Digest does not match the body".into(),
+            ));
+        }
+    }
+    Ok(principal)
+}
+
+/// The memory API: the same authentication and policy (route `/attach/v1/memory`).
+async fn memory_api(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let s = &state.0;
+    let started = std::time::Instant::now();
+    let mut auth_method = "none";
+    let request_id = oba_httpsig::random_nonce();
+    let fail = |status, code: &str, msg: &str| error(status, code, msg, &request_id, &s.public_url);
+    let resp = async {
+        let Some(m) = &s.memory else {
+            return fail(
+                StatusCode::NOT_FOUND,
+                "memory_disabled",
+                "memory is not configured",
+            );
+        };
+        let Ok(body) = axum::body::to_bytes(body, s.config.max_body).await else {
+            return fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body too large",
+            );
+        };
+        let principal = match admit(s, &mut auth_method, &method, &uri, &headers, &body).await {
+            Ok(p) => p,
+            Err((status, code, message)) => return fail(status, &code, &message),
+        };
+        if !policy::allows(&s.config.policy, &principal, memory::api::PREFIX, None) {
+            return fail(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the policy does not allow this principal here",
+            );
+        }
+        match memory::api::handle(m, &principal, &method, uri.path(), uri.query(), &body).await {
+            Ok((status, v)) => {
+                let mut r = json_response(status, v);
+                if let Ok(v) = HeaderValue::from_str(&request_id) {
+                    r.headers_mut().insert("x-request-id", v);
+                }
+                r
+            }
+            Err((status, code, message)) => fail(status, code, &message),
+        }
+    }
+    .await;
+    s.metrics.request(
+        "memory",
+        resp.status().as_u16(),
+        auth_method,
+        started.elapsed(),
+    );
+    resp
+}
+
 async fn proxy_inner(
     s: &Inner,
     auth_method: &mut &'static str,
@@ -380,37 +566,10 @@ async fn proxy_inner(
         }
     };
     // 1. Identity.
-    let scheme = s.public_url.split("://").next().unwrap_or("http");
-    let head = identity::head_of(&headers, &method, &uri, scheme);
-    let principal = match s.auth.authenticate(&head, !body.is_empty(), now()).await {
-        Ok(p) => {
-            *auth_method = p.auth_method.as_str();
-            p
-        }
-        Err(r) => {
-            s.metrics.auth_failure(&r.code);
-            log(format_args!(
-                "gateway: {request_id}: authentication refused: {} ({})",
-                r.code, r.message
-            ));
-            return fail(r.status, &r.code, &r.message);
-        }
+    let principal = match admit(s, auth_method, &method, &uri, &headers, &body).await {
+        Ok(p) => p,
+        Err((status, code, message)) => return fail(status, &code, &message),
     };
-    // A Content-Digest, when sent, must match the body (it may be what the signature covers).
-    if let Some(cd) = headers.get("content-digest") {
-        let ok = cd
-            .to_str()
-            .ok()
-            .and_then(|v| DigestField::parse(v).ok())
-            .is_some_and(|f| f.verify(&body).is_ok());
-        if !ok {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "digest_mismatch",
-                "Content-Digest does not match the body",
-            );
-        }
-    }
     // 2. Policy.
     // Only `model` is read: the rest of the body is skipped, not built into a tree.
     #[derive(serde::Deserialize)]
@@ -431,7 +590,51 @@ async fn proxy_inner(
             "the policy does not allow this principal here",
         );
     }
-    // 3. The stamp.
+    // 3. Memory: what this request may record and recall (the scope is the principal's).
+    let mut body = body;
+    let mut memory_turn = None;
+    if let Some(m) = &s.memory {
+        let cap = policy::memory_cap(
+            &s.config.policy,
+            &principal,
+            path,
+            model.as_deref(),
+            m.config.max_mode,
+        );
+        match m.plan(&principal, path, &headers, cap).await {
+            Err((status, code, message)) => return fail(status, code, &message),
+            Ok(None) => {}
+            Ok(Some(plan)) => {
+                let mut parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+                let user = parsed
+                    .as_ref()
+                    .map(|v| memory::capture::user_text(plan.route, v))
+                    .unwrap_or_default();
+                if plan.recall && !user.is_empty() {
+                    if let (Some(recalled), Some(v)) =
+                        (m.recall(&plan, &user).await, parsed.as_mut())
+                    {
+                        if memory::recall::inject(plan.route, v, &recalled) {
+                            body = serde_json::to_vec(v).unwrap_or_default().into();
+                        }
+                    }
+                }
+                let mut turn = oba_memory::Turn::new(
+                    &request_id,
+                    &plan.tenant,
+                    &plan.principal,
+                    path,
+                    memory::now_ms(),
+                );
+                turn.session = plan.session.clone();
+                turn.space = plan.space.clone().filter(|_| plan.write_space);
+                turn.model = model.clone();
+                turn.user = user;
+                memory_turn = Some((plan, turn));
+            }
+        }
+    }
+    // 4. The stamp.
     let upstream = upstream_for(&s.config, model.as_deref());
     let target = format!(
         "{}{}",
@@ -441,12 +644,7 @@ async fn proxy_inner(
     let session = headers
         .get("x-attach-session")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        })
+        .filter(|v| memory::valid_label(v))
         .map(str::to_owned);
     let stamped = match s.stamp.stamp(
         &method,
@@ -460,7 +658,7 @@ async fn proxy_inner(
         Ok(h) => h,
         Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, "stamp_failed", &e),
     };
-    // 4. Forward.
+    // 5. Forward.
     let mut req = s.http.request(method.clone(), &target);
     for (name, value) in &headers {
         let n = name.as_str();
@@ -520,13 +718,27 @@ async fn proxy_inner(
         out = out.header(name, value);
     }
     out = out.header(HeaderName::from_static("x-request-id"), request_id.as_str());
-    // Streamed back chunk by chunk, never buffered.
-    out.body(Body::from_stream(resp.bytes_stream()))
-        .unwrap_or_else(|_| {
-            fail(
-                StatusCode::BAD_GATEWAY,
-                "upstream_invalid",
-                "invalid upstream response",
-            )
-        })
+    // Streamed back chunk by chunk, never buffered; with memory, the reply is
+    // reassembled from the chunks as they pass and the turn queued when it ends.
+    let success = resp.status().is_success();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let stream = resp.bytes_stream();
+    let body = match (s.memory.as_ref(), memory_turn) {
+        (Some(m), Some((plan, turn))) if success => {
+            Body::from_stream(m.tap(plan, turn, &content_type, Box::pin(stream)))
+        }
+        _ => Body::from_stream(stream),
+    };
+    out.body(body).unwrap_or_else(|_| {
+        fail(
+            StatusCode::BAD_GATEWAY,
+            "upstream_invalid",
+            "invalid upstream response",
+        )
+    })
 }

@@ -1,7 +1,7 @@
 //! Zero-trust policy: deny by default; a request passes when one rule matches its
 //! principal, route and model.
 
-use crate::config::Rule;
+use crate::config::{MemoryMode, Rule};
 use crate::identity::Principal;
 
 fn glob(pattern: &str, value: &str) -> bool {
@@ -13,34 +13,53 @@ fn glob(pattern: &str, value: &str) -> bool {
 
 /// Does any rule allow `principal` to call `route` with `model`?
 pub fn allows(rules: &[Rule], principal: &Principal, route: &str, model: Option<&str>) -> bool {
-    rules.iter().any(|r| {
-        r.kind
+    rules.iter().any(|r| matches(r, principal, route, model))
+}
+
+/// The most memory the matching rules allow (`default` for a rule that does not say);
+/// `Off` when none matches.
+pub fn memory_cap(
+    rules: &[Rule],
+    principal: &Principal,
+    route: &str,
+    model: Option<&str>,
+    default: MemoryMode,
+) -> MemoryMode {
+    rules
+        .iter()
+        .filter(|r| matches(r, principal, route, model))
+        .map(|r| r.memory.unwrap_or(default))
+        .max()
+        .unwrap_or(MemoryMode::Off)
+}
+
+fn matches(r: &Rule, principal: &Principal, route: &str, model: Option<&str>) -> bool {
+    r.kind
+        .as_deref()
+        .is_none_or(|k| k == principal.kind.as_str())
+        && r.id.as_deref().is_none_or(|id| id == principal.id)
+        && r.tenant
             .as_deref()
-            .is_none_or(|k| k == principal.kind.as_str())
-            && r.id.as_deref().is_none_or(|id| id == principal.id)
-            && r.tenant
+            .is_none_or(|t| principal.tenant.as_deref() == Some(t))
+        && r.agent.as_deref().is_none_or(|a| {
+            principal
+                .agent
                 .as_deref()
-                .is_none_or(|t| principal.tenant.as_deref() == Some(t))
-            && r.agent.as_deref().is_none_or(|a| {
-                principal
-                    .agent
-                    .as_deref()
-                    .is_some_and(|pa| pa.starts_with(a))
+                .is_some_and(|pa| pa.starts_with(a))
+        })
+        && r.claims
+            .iter()
+            .all(|(k, want)| match principal.claims.get(k) {
+                Some(serde_json::Value::String(v)) => v == want,
+                Some(serde_json::Value::Array(a)) => {
+                    a.iter().any(|v| v.as_str() == Some(want.as_str()))
+                }
+                Some(serde_json::Value::Bool(b)) => b.to_string() == *want,
+                Some(serde_json::Value::Number(n)) => n.to_string() == *want,
+                _ => false,
             })
-            && r.claims
-                .iter()
-                .all(|(k, want)| match principal.claims.get(k) {
-                    Some(serde_json::Value::String(v)) => v == want,
-                    Some(serde_json::Value::Array(a)) => {
-                        a.iter().any(|v| v.as_str() == Some(want.as_str()))
-                    }
-                    Some(serde_json::Value::Bool(b)) => b.to_string() == *want,
-                    Some(serde_json::Value::Number(n)) => n.to_string() == *want,
-                    _ => false,
-                })
-            && (r.routes.is_empty() || r.routes.iter().any(|x| glob(x, route)))
-            && (r.models.is_empty() || model.is_some_and(|m| r.models.iter().any(|x| glob(x, m))))
-    })
+        && (r.routes.is_empty() || r.routes.iter().any(|x| glob(x, route)))
+        && (r.models.is_empty() || model.is_some_and(|m| r.models.iter().any(|x| glob(x, m))))
 }
 
 #[cfg(test)]
