@@ -154,6 +154,10 @@ pub struct MemoryConfig {
     /// the policy allows).
     #[serde(default = "default_mode")]
     pub default_mode: MemoryMode,
+    /// Per-route modes for requests without `X-Attach-Memory` (e.g. `"/api/chat" =
+    /// "recall"`), instead of `default_mode`; still capped by the policy.
+    #[serde(default)]
+    pub route_modes: std::collections::BTreeMap<String, MemoryMode>,
     /// The most a request may ask for, unless its policy rule says otherwise (default
     /// `recall`).
     #[serde(default = "max_mode")]
@@ -207,6 +211,7 @@ impl MemoryConfig {
             postgres_schema: None,
             journal: None,
             default_mode: default_mode(),
+            route_modes: Default::default(),
             max_mode: max_mode(),
             recall_budget_tokens: default_budget(),
             recall_limit: default_recall_limit(),

@@ -138,6 +138,15 @@ pub(crate) fn now() -> i64 {
 
 /// Builds the pipeline from `config`, binds and serves in the background.
 pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
+    start_with(config, None).await
+}
+
+/// [`start`], with memory kept in `memory_store` (any [`oba_memory::MemoryStore`], e.g. a
+/// third-party backend) instead of the store `config.memory.store` names.
+pub async fn start_with(
+    config: GatewayConfig,
+    memory_store: Option<Arc<dyn oba_memory::MemoryStore>>,
+) -> Result<Gateway, Error> {
     if config.upstreams.is_empty() {
         return Err(Error::Config("at least one upstream is required".into()));
     }
@@ -242,9 +251,12 @@ pub async fn start(config: GatewayConfig) -> Result<Gateway, Error> {
                 }
                 None => None,
             };
-            let (m, task) = memory::Memory::open(m.clone(), embedder)
-                .await
-                .map_err(Error::Config)?;
+            let (m, task) = match memory_store {
+                Some(store) => memory::Memory::with_store(m.clone(), store, embedder),
+                None => memory::Memory::open(m.clone(), embedder)
+                    .await
+                    .map_err(Error::Config)?,
+            };
             (Some(m), Some(task))
         }
         None => (None, None),

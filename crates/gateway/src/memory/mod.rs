@@ -239,7 +239,15 @@ impl Memory {
             return Ok(None);
         };
         let (mode, session_only) = match headers.get("x-attach-memory") {
-            None => (self.config.default_mode.min(cap), false),
+            None => {
+                let default = self
+                    .config
+                    .route_modes
+                    .get(path)
+                    .copied()
+                    .unwrap_or(self.config.default_mode);
+                (default.min(cap), false)
+            }
             Some(v) => {
                 let (mode, session_only) = match v.to_str().unwrap_or_default().trim() {
                     "off" => (MemoryMode::Off, false),
