@@ -123,6 +123,48 @@ pub struct Rule {
     /// The most memory a matching request may use (default: `memory.max_mode`).
     #[serde(default)]
     pub memory: Option<MemoryMode>,
+    /// Whose usage a matching principal may read at `/attach/v1/usage` (default: own).
+    #[serde(default)]
+    pub usage: Option<UsageScope>,
+}
+
+/// Whose usage a principal may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageScope {
+    /// Its own.
+    #[default]
+    Own,
+    /// Its tenant's.
+    Tenant,
+    /// Everyone's.
+    All,
+}
+
+/// Metering (`[metering]`): absent = off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeteringConfig {
+    /// The ledger: `sqlite:PATH`, `sqlite::memory:` or a `postgres://` URL.
+    pub store: String,
+    /// The outbox journal (default: `PATH.journal` next to a SQLite file, else
+    /// `attach-usage.journal`).
+    #[serde(default)]
+    pub journal: Option<std::path::PathBuf>,
+    /// Records the queue holds before it spills to the journal.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+impl MeteringConfig {
+    /// Defaults, with `store`.
+    pub fn new(store: &str) -> Self {
+        MeteringConfig {
+            store: store.to_owned(),
+            journal: None,
+            queue_capacity: default_queue(),
+        }
+    }
 }
 
 /// What memory does for a request, in increasing order.
@@ -312,6 +354,9 @@ pub struct GatewayConfig {
     /// Conversation memory (off when absent).
     #[serde(default)]
     pub memory: Option<MemoryConfig>,
+    /// The usage ledger (off when absent).
+    #[serde(default)]
+    pub metering: Option<MeteringConfig>,
 }
 
 fn default_listen() -> String {

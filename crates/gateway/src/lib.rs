@@ -40,10 +40,13 @@ pub mod apikeys;
 pub mod config;
 pub mod identity;
 pub mod memory;
+pub mod metering;
 pub mod metrics;
+pub mod outbox;
 pub mod policy;
 pub mod replay;
 pub mod stamp;
+pub mod tap;
 
 pub use config::GatewayConfig;
 pub use identity::{AuthMethod, Principal, PrincipalKind};
@@ -75,6 +78,7 @@ pub enum Error {
 struct Inner {
     metrics: metrics::Metrics,
     memory: Option<memory::Memory>,
+    metering: Option<metering::Metering>,
     config: GatewayConfig,
     auth: identity::Authenticator,
     stamp: Arc<stamp::Stamper>,
@@ -94,7 +98,7 @@ pub struct Gateway {
     pub stamp_public_jwk: Jwk,
     task: tokio::task::JoinHandle<()>,
     shutdown: Arc<tokio::sync::Notify>,
-    memory_writer: Option<tokio::task::JoinHandle<()>>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -116,7 +120,7 @@ impl Gateway {
             self.task.abort();
             let _ = (&mut self.task).await;
         }
-        if let Some(w) = self.memory_writer.take() {
+        for w in self.writers.drain(..) {
             let _ = w.await;
         }
     }
@@ -261,8 +265,16 @@ pub async fn start_with(
         }
         None => (None, None),
     };
+    let (metering, metering_writer) = match &config.metering {
+        Some(m) => {
+            let (m, task) = metering::Metering::open(m).await.map_err(Error::Config)?;
+            (Some(m), Some(task))
+        }
+        None => (None, None),
+    };
     let state = AppState(Arc::new(Inner {
         memory,
+        metering,
         auth: identity::Authenticator {
             bots: Arc::new(bots),
             services,
@@ -287,7 +299,10 @@ pub async fn start_with(
             get(|State(s): State<AppState>| async move {
                 let mut text = s.0.metrics.render();
                 if let Some(m) = &s.0.memory {
-                    text.push_str(&m.writer.stats.render());
+                    text.push_str(&m.writer.stats.render("memory", "Memory turns"));
+                }
+                if let Some(m) = &s.0.metering {
+                    text.push_str(&m.outbox.stats.render("usage", "Usage records"));
                 }
                 text
             }),
@@ -296,6 +311,7 @@ pub async fn start_with(
             "/.well-known/oauth-protected-resource",
             get(resource_metadata),
         )
+        .route(metering::PATH, get(usage_api))
         .route(memory::api::PREFIX, any(memory_api))
         .route(
             &format!("{}/{{*rest}}", memory::api::PREFIX),
@@ -326,7 +342,7 @@ pub async fn start_with(
         stamp_public_jwk,
         task,
         shutdown,
-        memory_writer,
+        writers: memory_writer.into_iter().chain(metering_writer).collect(),
     })
 }
 
@@ -436,7 +452,25 @@ async fn proxy(
     let started = std::time::Instant::now();
     let route = metrics::route_label(uri.path());
     let mut auth_method = "none";
-    let resp = proxy_inner(&state.0, &mut auth_method, method, uri, headers, body).await;
+    let mut meter = None;
+    let resp = proxy_inner(
+        &state.0,
+        &mut auth_method,
+        &mut meter,
+        started,
+        method,
+        uri,
+        headers,
+        body,
+    )
+    .await;
+    // A request refused after authentication, or whose body was not tapped: its record
+    // is complete now.
+    if let (Some(m), Some(mut r)) = (&state.0.metering, meter) {
+        r.status = resp.status().as_u16();
+        r.latency_us = started.elapsed().as_micros() as u64;
+        m.outbox.send(r);
+    }
     state.0.metrics.request(
         route,
         resp.status().as_u16(),
@@ -487,6 +521,42 @@ async fn admit(
         }
     }
     Ok(principal)
+}
+
+/// The usage API: the same authentication and policy (route `/attach/v1/usage`).
+async fn usage_api(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let s = &state.0;
+    let request_id = oba_httpsig::random_nonce();
+    let fail = |status, code: &str, msg: &str| error(status, code, msg, &request_id, &s.public_url);
+    let Some(m) = &s.metering else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "metering_disabled",
+            "metering is not configured",
+        );
+    };
+    let mut auth_method = "none";
+    let principal = match admit(s, &mut auth_method, &method, &uri, &headers, &[]).await {
+        Ok(p) => p,
+        Err((status, code, message)) => return fail(status, &code, &message),
+    };
+    if !policy::allows(&s.config.policy, &principal, metering::PATH, None) {
+        return fail(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the policy does not allow this principal here",
+        );
+    }
+    let scope = policy::usage_scope(&s.config.policy, &principal, metering::PATH);
+    match metering::report(m, &principal, scope, uri.query()).await {
+        Ok((status, v)) => json_response(status, v),
+        Err((status, code, message)) => fail(status, code, &message),
+    }
 }
 
 /// The memory API: the same authentication and policy (route `/attach/v1/memory`).
@@ -549,9 +619,12 @@ async fn memory_api(
     resp
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy_inner(
     s: &Inner,
     auth_method: &mut &'static str,
+    meter: &mut Option<oba_ledger::UsageRecord>,
+    started: std::time::Instant,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -602,8 +675,37 @@ async fn proxy_inner(
             "the policy does not allow this principal here",
         );
     }
+    // Metering: the record is filled in as the request goes, sent when it ends.
+    let upstream = upstream_for(&s.config, model.as_deref());
+    let mut parsed: Option<serde_json::Value> = None;
+    let mut body_changed = false;
+    let mut strip_usage = false;
+    let mut prompt_estimate = 0;
+    if s.metering.is_some() {
+        let mut r =
+            oba_ledger::UsageRecord::new(&request_id, memory::now_ms(), &principal.id, path);
+        r.principal_kind = principal.kind.as_str().into();
+        r.tenant = principal.tenant.clone().unwrap_or_default();
+        r.agent = principal.agent.clone();
+        r.user = principal.user.clone();
+        r.auth_method = principal.auth_method.as_str().into();
+        r.session = memory::session_of(&principal, &headers);
+        r.upstream = upstream.name.clone();
+        r.model = model.clone();
+        r.bytes_in = body.len() as u64;
+        *meter = Some(r);
+        parsed = serde_json::from_slice(&body).ok();
+        if let Some(v) = parsed.as_mut() {
+            prompt_estimate = metering::estimate(metering::prompt_bytes(v));
+            // Exact counts for OpenAI-style streams: ask for the usage chunk, and take it
+            // out of the client's stream if the client did not ask for it.
+            if matches!(path, "/v1/chat/completions" | "/v1/completions") {
+                strip_usage = metering::usage::ask_for_usage(v);
+                body_changed |= strip_usage;
+            }
+        }
+    }
     // 3. Memory: what this request may record and recall (the scope is the principal's).
-    let mut body = body;
     let mut memory_turn = None;
     if let Some(m) = &s.memory {
         let cap = policy::memory_cap(
@@ -617,7 +719,9 @@ async fn proxy_inner(
             Err((status, code, message)) => return fail(status, code, &message),
             Ok(None) => {}
             Ok(Some(plan)) => {
-                let mut parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+                if parsed.is_none() {
+                    parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+                }
                 let user = parsed
                     .as_ref()
                     .map(|v| memory::capture::user_text(plan.route, v))
@@ -626,9 +730,7 @@ async fn proxy_inner(
                     if let (Some(recalled), Some(v)) =
                         (m.recall(&plan, &user).await, parsed.as_mut())
                     {
-                        if memory::recall::inject(plan.route, v, &recalled) {
-                            body = serde_json::to_vec(v).unwrap_or_default().into();
-                        }
+                        body_changed |= memory::recall::inject(plan.route, v, &recalled);
                     }
                 }
                 let mut turn = oba_memory::Turn::new(
@@ -646,8 +748,11 @@ async fn proxy_inner(
             }
         }
     }
+    let body = match parsed.as_ref().filter(|_| body_changed) {
+        Some(v) => serde_json::to_vec(v).unwrap_or_default().into(),
+        None => body,
+    };
     // 4. The stamp.
-    let upstream = upstream_for(&s.config, model.as_deref());
     let target = format!(
         "{}{}",
         upstream.url.trim_end_matches('/'),
@@ -730,9 +835,12 @@ async fn proxy_inner(
         out = out.header(name, value);
     }
     out = out.header(HeaderName::from_static("x-request-id"), request_id.as_str());
-    // Streamed back chunk by chunk, never buffered; with memory, the reply is
-    // reassembled from the chunks as they pass and the turn queued when it ends.
+    // Streamed back chunk by chunk, never buffered. With memory or metering, the reply
+    // and the token counts are read from the chunks as they pass, and the turn and the
+    // usage record are queued when the body ends (or the client goes away).
+    let status = resp.status().as_u16();
     let success = resp.status().is_success();
+    let ttfb = started.elapsed();
     let content_type = resp
         .headers()
         .get("content-type")
@@ -740,11 +848,61 @@ async fn proxy_inner(
         .unwrap_or_default()
         .to_owned();
     let stream = resp.bytes_stream();
-    let body = match (s.memory.as_ref(), memory_turn) {
-        (Some(m), Some((plan, turn))) if success => {
-            Body::from_stream(m.tap(plan, turn, &content_type, Box::pin(stream)))
-        }
-        _ => Body::from_stream(stream),
+    let turn = s
+        .memory
+        .as_ref()
+        .zip(memory_turn.filter(|_| success))
+        .map(|(m, (_, turn))| (m.writer.clone(), turn));
+    let record = s.metering.as_ref().zip(meter.take()).map(|(m, mut r)| {
+        r.upstream_ttfb_us = Some(ttfb.as_micros() as u64);
+        (m.outbox.clone(), r)
+    });
+    let body = if turn.is_none() && record.is_none() {
+        Body::from_stream(stream)
+    } else {
+        let framing = memory::capture::Framing::of(&content_type);
+        let max = s
+            .memory
+            .as_ref()
+            .map_or(256 * 1024, |m| m.config.max_turn_bytes);
+        let parser =
+            memory::capture::Reassembler::new(memory::capture::ChatRoute::of(path), framing, max);
+        let on_end = move |seen: tap::Seen| {
+            if let Some((writer, mut turn)) = turn {
+                turn.assistant = seen.reply.text.clone();
+                turn.complete = seen.reply.complete;
+                if !turn.user.is_empty() || !turn.assistant.is_empty() {
+                    writer.send(turn);
+                }
+            }
+            if let Some((outbox, mut r)) = record {
+                r.status = status;
+                r.streamed = framing != memory::capture::Framing::Json;
+                r.cancelled = !seen.ended;
+                r.bytes_out = seen.bytes_out;
+                r.latency_us = started.elapsed().as_micros() as u64;
+                match seen.reply.counts {
+                    // An upstream error is never billed as output.
+                    Some(c) => {
+                        r.prompt_tokens = c.prompt;
+                        r.completion_tokens = if success { c.completion } else { 0 };
+                    }
+                    None if success => {
+                        r.exact = false;
+                        r.prompt_tokens = prompt_estimate;
+                        r.completion_tokens = metering::estimate(seen.reply.text.len());
+                    }
+                    None => {}
+                }
+                outbox.send(r);
+            }
+        };
+        Body::from_stream(tap::Tap::new(
+            Box::pin(stream),
+            parser,
+            strip_usage,
+            Box::new(on_end),
+        ))
     };
     out.body(body).unwrap_or_else(|_| {
         fail(

@@ -1,7 +1,7 @@
 //! Zero-trust policy: deny by default; a request passes when one rule matches its
 //! principal, route and model.
 
-use crate::config::{MemoryMode, Rule};
+use crate::config::{MemoryMode, Rule, UsageScope};
 use crate::identity::Principal;
 
 fn glob(pattern: &str, value: &str) -> bool {
@@ -31,6 +31,17 @@ pub fn memory_cap(
         .map(|r| r.memory.unwrap_or(default))
         .max()
         .unwrap_or(MemoryMode::Off)
+}
+
+/// Whose usage `principal` may read: the widest scope of the rules that let it reach
+/// `route`.
+pub fn usage_scope(rules: &[Rule], principal: &Principal, route: &str) -> UsageScope {
+    rules
+        .iter()
+        .filter(|r| matches(r, principal, route, None))
+        .map(|r| r.usage.unwrap_or_default())
+        .max()
+        .unwrap_or_default()
 }
 
 fn matches(r: &Rule, principal: &Principal, route: &str, model: Option<&str>) -> bool {

@@ -144,10 +144,23 @@ impl Framing {
     }
 }
 
-/// Reassembles the assistant's reply from response chunks, in the order they pass.
+/// What a response said, once it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reply {
+    /// The assistant's text (chat routes).
+    pub text: String,
+    /// The whole answer arrived and was kept.
+    pub complete: bool,
+    /// The upstream's token counts, if it reported them.
+    pub counts: Option<crate::metering::usage::Counts>,
+}
+
+/// Reassembles the assistant's reply (chat routes) and the upstream's token counts (any
+/// route) from response chunks, in the order they pass.
 #[derive(Debug)]
 pub struct Reassembler {
-    route: ChatRoute,
+    route: Option<ChatRoute>,
+    counts: Option<crate::metering::usage::Counts>,
     framing: Framing,
     /// Bytes of an incomplete line (streams) or the whole body (JSON).
     pending: Vec<u8>,
@@ -160,10 +173,12 @@ pub struct Reassembler {
 }
 
 impl Reassembler {
-    /// Starts reassembling; at most `max` bytes of reply are kept.
-    pub fn new(route: ChatRoute, framing: Framing, max: usize) -> Self {
+    /// Starts reassembling; at most `max` bytes of reply are kept. Without a chat route
+    /// only the counts are read.
+    pub fn new(route: Option<ChatRoute>, framing: Framing, max: usize) -> Self {
         Reassembler {
             route,
+            counts: None,
             framing,
             pending: Vec::new(),
             reply: String::new(),
@@ -224,21 +239,29 @@ impl Reassembler {
         {
             self.finished = true;
         }
-        if let Some(piece) = reply_piece(self.route, &v, true) {
+        if let Some(c) = crate::metering::usage::counts_in(&v) {
+            self.counts = Some(c);
+        }
+        if let Some(piece) = self.route.and_then(|r| reply_piece(r, &v, true)) {
             self.reply.push_str(&piece);
         }
     }
 
-    /// The reply, and whether it is complete (the whole answer arrived and was kept).
-    pub fn finish(mut self, stream_ended: bool) -> (String, bool) {
+    /// The reply; `stream_ended`: the upstream's body ended normally.
+    pub fn finish(mut self, stream_ended: bool) -> Reply {
         match self.framing {
             Framing::Json => {
                 let parsed = serde_json::from_slice::<Value>(&self.pending).ok();
-                let reply = parsed
+                let text = parsed
                     .as_ref()
-                    .and_then(|v| reply_piece(self.route, v, false))
+                    .zip(self.route)
+                    .and_then(|(v, r)| reply_piece(r, v, false))
                     .unwrap_or_default();
-                (reply, stream_ended && parsed.is_some() && !self.overflow)
+                Reply {
+                    counts: parsed.as_ref().and_then(crate::metering::usage::counts_in),
+                    complete: stream_ended && parsed.is_some() && !self.overflow,
+                    text,
+                }
             }
             _ => {
                 // A last line without its newline.
@@ -246,8 +269,11 @@ impl Reassembler {
                 if !rest.is_empty() {
                     self.line(&rest);
                 }
-                let complete = stream_ended && !self.overflow && self.finished;
-                (self.reply, complete)
+                Reply {
+                    complete: stream_ended && !self.overflow && self.finished,
+                    text: self.reply,
+                    counts: self.counts,
+                }
             }
         }
     }
@@ -257,6 +283,12 @@ impl Reassembler {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// (text, complete).
+    fn done(r: Reassembler, ended: bool) -> (String, bool) {
+        let reply = r.finish(ended);
+        (reply.text, reply.complete)
+    }
 
     #[test]
     fn the_new_user_messages_are_the_trailing_ones() {
@@ -302,21 +334,21 @@ mod tests {
         let bytes = stream.as_bytes();
         // Every split point, including inside 日, 語 and 🎉.
         for cut in 1..bytes.len() {
-            let mut r = Reassembler::new(ChatRoute::ChatCompletions, Framing::Sse, 1 << 20);
+            let mut r = Reassembler::new(Some(ChatRoute::ChatCompletions), Framing::Sse, 1 << 20);
             r.push(&bytes[..cut]);
             r.push(&bytes[cut..]);
             assert_eq!(
-                r.finish(true),
+                done(r, true),
                 ("naïve 日本語 🎉".to_owned(), true),
                 "cut at {cut}"
             );
         }
         // Byte by byte.
-        let mut r = Reassembler::new(ChatRoute::ChatCompletions, Framing::Sse, 1 << 20);
+        let mut r = Reassembler::new(Some(ChatRoute::ChatCompletions), Framing::Sse, 1 << 20);
         for b in bytes {
             r.push(std::slice::from_ref(b));
         }
-        assert_eq!(r.finish(true).0, "naïve 日本語 🎉");
+        assert_eq!(done(r, true).0, "naïve 日本語 🎉");
     }
 
     #[test]
@@ -324,17 +356,17 @@ mod tests {
         let stream = "{\"message\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"done\":false}\n\
                       {\"message\":{\"role\":\"assistant\",\"content\":\"lo\"},\"done\":false}\n\
                       {\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"eval_count\":2}\n";
-        let mut r = Reassembler::new(ChatRoute::OllamaChat, Framing::Ndjson, 1 << 20);
+        let mut r = Reassembler::new(Some(ChatRoute::OllamaChat), Framing::Ndjson, 1 << 20);
         r.push(stream.as_bytes());
-        assert_eq!(r.finish(true), ("Hello".to_owned(), true));
+        assert_eq!(done(r, true), ("Hello".to_owned(), true));
         // The client went away after the first line: partial, not complete.
-        let mut r = Reassembler::new(ChatRoute::OllamaChat, Framing::Ndjson, 1 << 20);
+        let mut r = Reassembler::new(Some(ChatRoute::OllamaChat), Framing::Ndjson, 1 << 20);
         r.push(stream.lines().next().unwrap().as_bytes());
         r.push(b"\n");
-        assert_eq!(r.finish(false), ("Hel".to_owned(), false));
-        let mut r = Reassembler::new(ChatRoute::OllamaGenerate, Framing::Ndjson, 1 << 20);
+        assert_eq!(done(r, false), ("Hel".to_owned(), false));
+        let mut r = Reassembler::new(Some(ChatRoute::OllamaGenerate), Framing::Ndjson, 1 << 20);
         r.push(b"{\"response\":\"a\",\"done\":false}\n{\"response\":\"b\",\"done\":true}");
-        assert_eq!(r.finish(true), ("ab".to_owned(), true));
+        assert_eq!(done(r, true), ("ab".to_owned(), true));
     }
 
     #[test]
@@ -362,12 +394,12 @@ mod tests {
             .zip(["A", "B", "C", "D"])
             .map(|((r, v), w)| (r, v, w))
         {
-            let mut r = Reassembler::new(route, Framing::Json, 1 << 20);
+            let mut r = Reassembler::new(Some(route), Framing::Json, 1 << 20);
             let s = v.to_string();
             let (a, b) = s.as_bytes().split_at(s.len() / 2);
             r.push(a);
             r.push(b);
-            assert_eq!(r.finish(true), (want.to_owned(), true));
+            assert_eq!(done(r, true), (want.to_owned(), true));
         }
     }
 
@@ -376,20 +408,20 @@ mod tests {
         let stream = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi \"}\n\n\
                       event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"there\"}\n\n\
                       event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n";
-        let mut r = Reassembler::new(ChatRoute::Responses, Framing::Sse, 1 << 20);
+        let mut r = Reassembler::new(Some(ChatRoute::Responses), Framing::Sse, 1 << 20);
         r.push(stream.as_bytes());
-        assert_eq!(r.finish(true), ("Hi there".to_owned(), true));
-        let mut r = Reassembler::new(ChatRoute::Responses, Framing::Sse, 5);
+        assert_eq!(done(r, true), ("Hi there".to_owned(), true));
+        let mut r = Reassembler::new(Some(ChatRoute::Responses), Framing::Sse, 5);
         r.push(stream.as_bytes());
         assert_eq!(
-            r.finish(true),
+            done(r, true),
             ("Hi th".to_owned(), false),
             "over the cap: cut, incomplete"
         );
-        let mut r = Reassembler::new(ChatRoute::Responses, Framing::Sse, 8);
+        let mut r = Reassembler::new(Some(ChatRoute::Responses), Framing::Sse, 8);
         r.push(stream.as_bytes());
         assert_eq!(
-            r.finish(true),
+            done(r, true),
             ("Hi there".to_owned(), true),
             "at the cap: whole"
         );

@@ -23,13 +23,12 @@ pub mod writer;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use oba_memory::{Filter, MemoryStore, Right, Scope, Turn};
 
 use crate::config::{MemoryConfig, MemoryMode};
 use crate::identity::Principal;
-use capture::{ChatRoute, Framing, Reassembler};
+use capture::ChatRoute;
 
 /// The memory stage of the gateway.
 pub struct Memory {
@@ -38,7 +37,7 @@ pub struct Memory {
     /// The store.
     pub store: Arc<dyn MemoryStore>,
     /// The write path.
-    pub writer: writer::Writer,
+    pub writer: crate::outbox::Outbox<Turn>,
     /// Vector recall, when an embedding model is configured.
     pub embedder: Option<Arc<embed::Embedder>>,
 }
@@ -174,12 +173,12 @@ impl Memory {
                     Some(p) if p != ":memory:" => std::path::PathBuf::from(format!("{p}.journal")),
                     _ => std::path::PathBuf::from("attach-memory.journal"),
                 });
-        let (writer, task) = writer::Writer::start(
-            store.clone(),
-            Arc::new(writer::Journal::new(journal)),
-            config.queue_capacity,
-            embedder.clone(),
-        );
+        let sink = writer::TurnSink {
+            store: store.clone(),
+            embedder: embedder.clone(),
+        };
+        let (writer, task) =
+            crate::outbox::Outbox::start(Arc::new(sink), journal, config.queue_capacity);
         (
             Memory {
                 config,
@@ -403,27 +402,6 @@ impl Memory {
             .map(|(_, t)| t)
             .collect())
     }
-
-    /// Wraps a response body so its reply is reassembled as it passes and the turn is
-    /// queued when it ends (or is cut short).
-    pub fn tap(
-        &self,
-        plan: Plan,
-        turn: Turn,
-        content_type: &str,
-        body: futures_util::stream::BoxStream<'static, Result<Bytes, reqwest::Error>>,
-    ) -> Tap {
-        Tap {
-            inner: body,
-            reassembler: Some(Reassembler::new(
-                plan.route,
-                Framing::of(content_type),
-                self.config.max_turn_bytes,
-            )),
-            turn: Some(turn),
-            writer: self.writer.clone(),
-        }
-    }
 }
 
 /// A store error as a refusal (503, fail closed).
@@ -434,54 +412,4 @@ pub fn unavailable(e: oba_memory::StoreError) -> Refusal {
         "memory_unavailable",
         "the memory store is not answering".into(),
     )
-}
-
-/// A response body that reassembles the reply on its way to the client.
-pub struct Tap {
-    inner: futures_util::stream::BoxStream<'static, Result<Bytes, reqwest::Error>>,
-    reassembler: Option<Reassembler>,
-    turn: Option<Turn>,
-    writer: writer::Writer,
-}
-
-impl Tap {
-    fn done(&mut self, ended: bool) {
-        if let (Some(r), Some(mut turn)) = (self.reassembler.take(), self.turn.take()) {
-            let (reply, complete) = r.finish(ended);
-            turn.assistant = reply;
-            turn.complete = complete;
-            if !turn.user.is_empty() || !turn.assistant.is_empty() {
-                self.writer.write(turn);
-            }
-        }
-    }
-}
-
-impl futures_util::Stream for Tap {
-    type Item = Result<Bytes, reqwest::Error>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        let polled = self.inner.as_mut().poll_next(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(r) = self.reassembler.as_mut() {
-                    r.push(chunk);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => self.done(false),
-            Poll::Ready(None) => self.done(true),
-            Poll::Pending => {}
-        }
-        polled
-    }
-}
-
-impl Drop for Tap {
-    /// The client went away before the end: what passed is recorded, incomplete.
-    fn drop(&mut self) {
-        self.done(false);
-    }
 }

@@ -150,14 +150,41 @@ mod tests {
     #[test]
     fn counts_on_each_protocol() {
         let openai = json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}});
-        assert_eq!(counts_in(&openai), Some(Counts { prompt: 5, completion: 4 }));
+        assert_eq!(
+            counts_in(&openai),
+            Some(Counts {
+                prompt: 5,
+                completion: 4
+            })
+        );
         let responses = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 7, "output_tokens": 2}}});
-        assert_eq!(counts_in(&responses), Some(Counts { prompt: 7, completion: 2 }));
+        assert_eq!(
+            counts_in(&responses),
+            Some(Counts {
+                prompt: 7,
+                completion: 2
+            })
+        );
         let ollama = json!({"done": true, "prompt_eval_count": 11, "eval_count": 3});
-        assert_eq!(counts_in(&ollama), Some(Counts { prompt: 11, completion: 3 }));
+        assert_eq!(
+            counts_in(&ollama),
+            Some(Counts {
+                prompt: 11,
+                completion: 3
+            })
+        );
         // A cached Ollama prompt omits prompt_eval_count.
-        assert_eq!(counts_in(&json!({"done": true, "eval_count": 3})), Some(Counts { prompt: 0, completion: 3 }));
-        assert_eq!(counts_in(&json!({"choices": [{"delta": {"content": "x"}}], "usage": null})), None);
+        assert_eq!(
+            counts_in(&json!({"done": true, "eval_count": 3})),
+            Some(Counts {
+                prompt: 0,
+                completion: 3
+            })
+        );
+        assert_eq!(
+            counts_in(&json!({"choices": [{"delta": {"content": "x"}}], "usage": null})),
+            None
+        );
         assert_eq!(counts_in(&json!({"done": false, "message": {}})), None);
     }
 
@@ -178,7 +205,8 @@ mod tests {
     #[test]
     fn the_usage_chunk_is_removed_wherever_the_chunks_split() {
         let content = "data: {\"choices\":[{\"delta\":{\"content\":\"hé\"}}]}\n\n";
-        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        let usage =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
         let done = "data: [DONE]\n\n";
         let stream = format!("{content}{usage}{done}");
         let want = format!("{content}{done}");
