@@ -829,7 +829,11 @@ async fn proxy_inner(
         // The request id is the gateway's (it is in the stamp); the upstream's is dropped.
         // Content-Length is kept: the body passes through unchanged, and a known length
         // lets the response go out in one write instead of chunked frames.
-        if HOP_BY_HOP.contains(&name.as_str()) || name.as_str() == "x-request-id" {
+        if HOP_BY_HOP.contains(&name.as_str())
+            || name.as_str() == "x-request-id"
+            // The body changes when the gateway removes the usage chunk it asked for.
+            || (strip_usage && name.as_str() == "content-length")
+        {
             continue;
         }
         out = out.header(name, value);
@@ -847,6 +851,11 @@ async fn proxy_inner(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let length = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let stream = resp.bytes_stream();
     let turn = s
         .memory
@@ -901,6 +910,7 @@ async fn proxy_inner(
             Box::pin(stream),
             parser,
             strip_usage,
+            length,
             Box::new(on_end),
         ))
     };

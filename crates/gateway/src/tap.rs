@@ -30,15 +30,20 @@ pub struct Tap {
     parser: Option<Reassembler>,
     filter: Option<UsageChunkFilter>,
     bytes_out: u64,
+    /// The upstream's Content-Length, when the body passes unchanged: hyper stops
+    /// polling once that many bytes went out, so reaching it is the end.
+    length: Option<u64>,
     on_end: Option<Box<dyn FnOnce(Seen) + Send>>,
 }
 
 impl Tap {
-    /// Taps `inner`; `strip_usage`: remove the usage-only SSE chunk.
+    /// Taps `inner`; `strip_usage`: remove the usage-only SSE chunk (the caller then
+    /// must not send the upstream's Content-Length); `length`: the Content-Length sent.
     pub fn new(
         inner: BoxStream<'static, Result<Bytes, reqwest::Error>>,
         parser: Reassembler,
         strip_usage: bool,
+        length: Option<u64>,
         on_end: Box<dyn FnOnce(Seen) + Send>,
     ) -> Self {
         Tap {
@@ -46,6 +51,7 @@ impl Tap {
             parser: Some(parser),
             filter: strip_usage.then(UsageChunkFilter::default),
             bytes_out: 0,
+            length: length.filter(|_| !strip_usage),
             on_end: Some(on_end),
         }
     }
@@ -82,6 +88,9 @@ impl Stream for Tap {
                         continue;
                     }
                     self.bytes_out += out.len() as u64;
+                    if self.length.is_some_and(|n| self.bytes_out >= n) {
+                        self.end(true);
+                    }
                     return Poll::Ready(Some(Ok(out)));
                 }
                 Poll::Ready(Some(Err(e))) => {

@@ -1,0 +1,440 @@
+//! Metering end to end over real sockets: a test upstream speaking the OpenAI and
+//! Ollama protocols (usage in answers, in the last stream chunk only when asked, Ollama
+//! counts in the final object), the gateway with a SQLite ledger, and the ledger read
+//! back record by record.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attach_gateway::config::{MeteringConfig, Rule, Upstream, UpstreamKind, UsageScope};
+use attach_gateway::GatewayConfig;
+use futures_util::StreamExt;
+use oba_ledger::{Ledger, Query, UsageRecord};
+use serde_json::{json, Value};
+
+/// The request bodies the upstream received.
+type Seen = Arc<Mutex<Vec<Value>>>;
+
+fn sse(events: &[Value]) -> String {
+    let mut s: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    s.push_str("data: [DONE]\n\n");
+    s
+}
+
+async fn upstream(seen: Seen) -> String {
+    let s2 = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(move |body: String| {
+                let seen = seen.clone();
+                async move {
+                    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                    seen.lock().unwrap().push(v.clone());
+                    let model = v["model"].as_str().unwrap_or_default().to_owned();
+                    let usage = json!({"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9});
+                    let json = |status: u16, body: Value| {
+                        axum::response::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(axum::body::Body::from(body.to_string()))
+                            .unwrap()
+                    };
+                    if model == "error" {
+                        // An upstream error that still reports tokens: never billed as output.
+                        return json(500, json!({"error": {"message": "boom"}, "usage": {"prompt_tokens": 3, "completion_tokens": 7}}));
+                    }
+                    if v["stream"] != json!(true) {
+                        let mut answer = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"}}]});
+                        if model != "nousage" {
+                            answer["usage"] = usage;
+                        }
+                        return json(200, answer);
+                    }
+                    let chunk = |t: &str| json!({"choices": [{"index": 0, "delta": {"content": t}}]});
+                    if model == "slow" {
+                        // One chunk, then a long pause: the client leaves during it.
+                        let first = format!("data: {}\n\n", chunk("Partial"));
+                        let s = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                            .chain(futures_util::stream::once(async {
+                                tokio::time::sleep(Duration::from_secs(30)).await;
+                                Ok("data: [DONE]\n\n".to_owned())
+                            }));
+                        return axum::response::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(axum::body::Body::from_stream(s))
+                            .unwrap();
+                    }
+                    let mut events = vec![chunk("Hel"), chunk("lo")];
+                    if v["stream_options"]["include_usage"] == json!(true) {
+                        events.push(json!({"choices": [], "usage": usage}));
+                    }
+                    axum::response::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(axum::body::Body::from(sse(&events)))
+                        .unwrap()
+                }
+            }),
+        )
+        .route(
+            "/api/chat",
+            axum::routing::post(move |body: String| {
+                let seen = s2.clone();
+                async move {
+                    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                    seen.lock().unwrap().push(v);
+                    let lines = [
+                        json!({"message": {"role": "assistant", "content": "Hi"}, "done": false}),
+                        json!({"message": {"role": "assistant", "content": ""}, "done": true, "prompt_eval_count": 11, "eval_count": 3}),
+                    ];
+                    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+                    axum::response::Response::builder()
+                        .header("content-type", "application/x-ndjson")
+                        .body(axum::body::Body::from(body))
+                        .unwrap()
+                }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+struct Env {
+    gw: attach_gateway::Gateway,
+    ledger: Ledger,
+    seen: Seen,
+    alice: String,
+    bob: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Seen::default();
+    let up = upstream(seen.clone()).await;
+    let keys = dir.path().join("keys.jsonl");
+    let key = |n: &str, t: &str| attach_gateway::apikeys::create(&keys, n, Some(t), 0).unwrap();
+    let (alice, bob, admin) = (
+        key("alice", "acme"),
+        key("bob", "acme"),
+        key("admin", "acme"),
+    );
+    let db = format!("sqlite:{}", dir.path().join("usage.db").display());
+    let gw = attach_gateway::start(GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        upstreams: vec![Upstream {
+            name: "test".into(),
+            url: up,
+            kind: UpstreamKind::Openai,
+            models: vec![],
+        }],
+        api_key_file: Some(keys.clone()),
+        policy: vec![
+            Rule::default(),
+            Rule {
+                id: Some("key:admin".into()),
+                usage: Some(UsageScope::Tenant),
+                ..Rule::default()
+            },
+        ],
+        metering: Some(MeteringConfig::new(&db)),
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let ledger = Ledger::connect(&db).await.unwrap();
+    Env {
+        gw,
+        ledger,
+        seen,
+        alice,
+        bob,
+        admin,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    async fn post(&self, key: &str, path: &str, body: Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("http://{}{path}", self.gw.addr))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The record of `request_id`, once the outbox wrote it.
+    async fn record(&self, request_id: &str) -> UsageRecord {
+        for _ in 0..200 {
+            let all = self
+                .ledger
+                .records(&Query::default(), 10_000)
+                .await
+                .unwrap();
+            if let Some(r) = all.into_iter().find(|r| r.request_id == request_id) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no usage record for {request_id}");
+    }
+}
+
+fn rid(r: &reqwest::Response) -> String {
+    r.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+fn chat(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Say hello"}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streamed_counts_are_exact() {
+    let e = env().await;
+    let r = e
+        .post(&e.alice, "/v1/chat/completions", chat("m1", false))
+        .await;
+    assert_eq!(r.status(), 200);
+    let id = rid(&r);
+    let body = r.bytes().await.unwrap();
+    let rec = e.record(&id).await;
+    assert_eq!(
+        (rec.prompt_tokens, rec.completion_tokens, rec.exact),
+        (5, 4, true)
+    );
+    assert_eq!(
+        (rec.status, rec.streamed, rec.cancelled),
+        (200, false, false)
+    );
+    assert_eq!(rec.principal, "key:alice");
+    assert_eq!(
+        (
+            rec.tenant.as_str(),
+            rec.principal_kind.as_str(),
+            rec.auth_method.as_str()
+        ),
+        ("acme", "service", "api-key")
+    );
+    assert_eq!(
+        (
+            rec.model.as_deref(),
+            rec.upstream.as_str(),
+            rec.route.as_str()
+        ),
+        (Some("m1"), "test", "/v1/chat/completions")
+    );
+    assert_eq!(rec.bytes_out, body.len() as u64);
+    assert_eq!(rec.bytes_in, chat("m1", false).to_string().len() as u64);
+    assert!(rec.upstream_ttfb_us.is_some() && rec.latency_us >= rec.upstream_ttfb_us.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_did_not_ask_for_usage_is_counted_exactly_and_the_chunk_removed() {
+    let e = env().await;
+    let r = e
+        .post(&e.alice, "/v1/chat/completions", chat("m1", true))
+        .await;
+    let id = rid(&r);
+    let text = r.text().await.unwrap();
+    // The gateway asked the upstream for the usage chunk...
+    let sent = e.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    // ...and the client gets the stream it asked for: no usage chunk.
+    let want = sse(&[
+        json!({"choices": [{"index": 0, "delta": {"content": "Hel"}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "lo"}}]}),
+    ]);
+    assert_eq!(text, want);
+    let rec = e.record(&id).await;
+    assert_eq!(
+        (
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.exact,
+            rec.streamed
+        ),
+        (5, 4, true, true)
+    );
+    assert_eq!(rec.bytes_out, want.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_asked_for_usage_keeps_its_chunk() {
+    let e = env().await;
+    let mut body = chat("m1", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = e.post(&e.alice, "/v1/chat/completions", body).await;
+    let id = rid(&r);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("\"usage\":{\"completion_tokens\":4")
+            || text.contains("\"usage\":{\"prompt_tokens\":5"),
+        "{text}"
+    );
+    let rec = e.record(&id).await;
+    assert_eq!(
+        (rec.prompt_tokens, rec.completion_tokens, rec.exact),
+        (5, 4, true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_counts_come_from_the_final_object() {
+    let e = env().await;
+    let r = e
+        .post(
+            &e.alice,
+            "/api/chat",
+            json!({"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    let id = rid(&r);
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap();
+    let rec = e.record(&id).await;
+    assert_eq!(
+        (
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.exact,
+            rec.streamed
+        ),
+        (11, 3, true, true)
+    );
+    // Not an OpenAI route: the request went through unchanged.
+    assert!(e
+        .seen
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .get("stream_options")
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_are_never_billed_as_output() {
+    let e = env().await;
+    let r = e
+        .post(&e.alice, "/v1/chat/completions", chat("error", false))
+        .await;
+    assert_eq!(r.status(), 500);
+    let id = rid(&r);
+    r.text().await.unwrap();
+    let rec = e.record(&id).await;
+    assert_eq!(
+        (rec.status, rec.completion_tokens, rec.prompt_tokens),
+        (500, 0, 3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_upstream_usage_the_counts_are_marked_estimated() {
+    let e = env().await;
+    let r = e
+        .post(&e.alice, "/v1/chat/completions", chat("nousage", false))
+        .await;
+    let id = rid(&r);
+    r.text().await.unwrap();
+    let rec = e.record(&id).await;
+    assert!(!rec.exact);
+    // "Say hello" = 9 bytes → 3 tokens; "Hello there" = 11 bytes → 3 tokens.
+    assert_eq!((rec.prompt_tokens, rec.completion_tokens), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_stream_is_recorded_cancelled() {
+    let e = env().await;
+    let r = e
+        .post(&e.alice, "/v1/chat/completions", chat("slow", true))
+        .await;
+    let id = rid(&r);
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("Partial"));
+    drop(stream);
+    let rec = e.record(&id).await;
+    assert!(rec.cancelled && rec.streamed);
+    assert!(!rec.exact, "no usage arrived: estimated from what passed");
+    assert_eq!(rec.completion_tokens, 2, "\"Partial\" = 7 bytes");
+    assert_eq!(rec.bytes_out, first.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_record_per_request_and_reports_by_scope() {
+    let e = env().await;
+    let mut ids = Vec::new();
+    for (key, model) in [(&e.alice, "m1"), (&e.alice, "m2"), (&e.bob, "m1")] {
+        let r = e
+            .post(key, "/v1/chat/completions", chat(model, false))
+            .await;
+        ids.push(rid(&r));
+        r.text().await.unwrap();
+    }
+    for id in &ids {
+        e.record(id).await;
+    }
+    let all = e.ledger.records(&Query::default(), 10_000).await.unwrap();
+    assert_eq!(all.len(), 3, "no double counting");
+    let get = |key: &str, q: &str| {
+        let url = format!("http://{}/attach/v1/usage{q}", e.gw.addr);
+        let key = key.to_owned();
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap(),
+            )
+        }
+    };
+    // Alice sees her own usage only, whatever she asks.
+    let (status, v) = get(&e.alice, "?group_by=model").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(v["rows"][0]["group"], "m1");
+    assert_eq!(v["rows"][0]["requests"], 1);
+    assert_eq!(v["rows"][0]["completion_tokens"], 4);
+    let (status, v) = get(&e.alice, "?principal=key:bob").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    // The admin's rule grants the tenant.
+    let (_, v) = get(&e.admin, "?group_by=principal").await;
+    let groups: Vec<_> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["group"].as_str().unwrap().to_owned(),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        vec![("key:alice".to_owned(), 2), ("key:bob".to_owned(), 1)]
+    );
+    let (status, _) = get(&e.admin, "?tenant=other").await;
+    assert_eq!(status, 403);
+    let (status, v) = get(&e.alice, "?group_by=week").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, _) = get("oba_wrong", "").await;
+    assert_eq!(status, 401);
+}
