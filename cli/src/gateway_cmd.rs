@@ -42,6 +42,10 @@ pub(crate) struct GatewayArgs {
     /// Record conversation memory in this store: `sqlite:PATH` or a `postgres://` URL.
     #[arg(long, env = "OBA_GATEWAY_MEMORY")]
     memory: Option<String>,
+    /// Record usage (one record per request) in this ledger: `sqlite:PATH` or a
+    /// `postgres://` URL.
+    #[arg(long, env = "OBA_GATEWAY_METERING")]
+    metering: Option<String>,
     /// Add a policy rule allowing every authenticated principal (the default is deny).
     #[arg(long)]
     allow_authenticated: bool,
@@ -163,6 +167,12 @@ fn run(args: GatewayArgs) -> Result<u8, Failure> {
             });
     }
     config.allow_insecure_directories |= args.allow_insecure_directories;
+    if let Some(store) = args.metering {
+        match &mut config.metering {
+            Some(m) => m.store = store,
+            None => config.metering = Some(attach_gateway::config::MeteringConfig::new(&store)),
+        }
+    }
     if let Some(store) = args.memory {
         match &mut config.memory {
             Some(m) => m.store = store,

@@ -23,6 +23,7 @@ mod gateway_cmd;
 mod memory_cmd;
 mod registry_cmd;
 mod up_cmd;
+mod usage_cmd;
 mod wba;
 
 #[derive(Parser)]
@@ -81,6 +82,8 @@ enum Command {
     Up(up_cmd::UpArgs),
     /// Conversation memory on a gateway: list, search, delete (yours only).
     Memory(memory_cmd::MemoryArgs),
+    /// Usage on a gateway: requests and tokens by principal, model, tenant or day.
+    Usage(usage_cmd::UsageArgs),
 }
 
 #[derive(Subcommand)]
@@ -254,6 +257,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway_cmd::gateway(args),
         Command::Up(args) => up_cmd::up(args),
         Command::Memory(args) => memory_cmd::memory(args),
+        Command::Usage(args) => usage_cmd::usage(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

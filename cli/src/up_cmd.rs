@@ -10,7 +10,7 @@ use crate::{fail, write_private, Failure};
 /// `oba up`.
 #[derive(Args)]
 pub(crate) struct UpArgs {
-    /// Where the registry database, the gateway keys, the stamp key and memory live.
+    /// Where the registry database, the gateway keys, the stamp key, memory and usage live.
     #[arg(long, default_value = "oba-data")]
     data_dir: PathBuf,
     /// The model server.
@@ -79,6 +79,11 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
         config.memory = Some(attach_gateway::config::MemoryConfig::new(&format!(
             "sqlite:{}",
             dir.join("memory.db").display()
+        )));
+        // Usage, in SQLite too.
+        config.metering = Some(attach_gateway::config::MeteringConfig::new(&format!(
+            "sqlite:{}",
+            dir.join("usage.db").display()
         )));
         // Local quick start: every authenticated principal may call the model server.
         config.policy.push(attach_gateway::config::Rule::default());

@@ -245,3 +245,84 @@ fn memory_recorded_listed_searched_and_removed() {
     // rm needs a selector.
     assert_eq!(mem(&alice, &["rm"]).status.code(), Some(2));
 }
+
+/// `oba gateway --metering` records usage; `oba usage` reports it as a table, CSV or JSON.
+#[test]
+fn usage_recorded_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.jsonl");
+    let f = file.to_str().unwrap();
+    let out = oba(&[
+        "gateway", "keys", "create", "ci", "--tenant", "acme", "--file", f,
+    ]);
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            (
+                [("content-type", "application/json")],
+                r#"{"choices":[{"message":{"role":"assistant","content":"ok"}}],"usage":{"prompt_tokens":12,"completion_tokens":30}}"#,
+            )
+        }),
+    );
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let ledger = format!("sqlite:{}", dir.path().join("usage.db").display());
+    let (_gw, url) = gateway_with(&upstream, &file, &["--metering", &ledger]);
+    rt.block_on(async {
+        for model in ["llama3", "llama3", "qwen, large"] {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"model":"{model}","messages":[]}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    });
+    let usage = |args: &[&str]| {
+        let mut all = vec!["usage", "--gateway", &url, "--token", &key];
+        all.extend_from_slice(args);
+        oba(&all)
+    };
+    // Records are written off the request path: poll.
+    let mut csv = String::new();
+    for _ in 0..100 {
+        let out = usage(&["--group-by", "model", "--format", "csv"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        csv = String::from_utf8(out.stdout).unwrap();
+        if csv.lines().count() == 3 && csv.contains(",2,") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        csv,
+        "group,requests,prompt_tokens,completion_tokens,estimated,errors,cancelled\n\
+         llama3,2,24,60,0,0,0\n\
+         \"qwen, large\",1,12,30,0,0,0\n"
+    );
+    let table = String::from_utf8(usage(&["--group-by", "principal"]).stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].starts_with("group") && lines[0].ends_with("cancelled"));
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cells, ["key:ci", "3", "36", "90", "0", "0", "0"]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&usage(&["--format", "json", "--since", "0"]).stdout).unwrap();
+    assert_eq!(json["rows"][0]["requests"], 3);
+    let out = oba(&["usage", "--gateway", &url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
