@@ -19,12 +19,46 @@ struct Hist {
     sum: f64,
 }
 
+impl Hist {
+    fn observe(&mut self, took: Duration) {
+        let s = took.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += s;
+    }
+}
+
+/// Distinct model labels kept; further models are counted as `other` (models come from
+/// clients, so the label set must stay bounded).
+pub const MAX_MODEL_LABELS: usize = 32;
+
 /// The gateway's counters.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16, &'static str), u64>>,
     auth_failures: Mutex<BTreeMap<String, u64>>,
     latency: Mutex<BTreeMap<&'static str, Hist>>,
+    upstream_ttfb: Mutex<BTreeMap<&'static str, Hist>>,
+    tokens: Mutex<BTreeMap<(&'static str, String), u64>>,
+    budget_refusals: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, m: &Mutex<BTreeMap<&'static str, Hist>>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    if let Ok(m) = m.lock() {
+        for (route, h) in m.iter() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "{name}_bucket{{route=\"{route}\",le=\"{b}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(out, "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{{route=\"{route}\"}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{route=\"{route}\"}} {}", h.count);
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,15 +89,37 @@ impl Metrics {
             *m.entry((route, status, auth_method)).or_default() += 1;
         }
         if let Ok(mut m) = self.latency.lock() {
-            let h = m.entry(route).or_default();
-            let s = took.as_secs_f64();
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if s <= *b {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += s;
+            m.entry(route).or_default().observe(took);
+        }
+    }
+
+    /// The upstream's time to first byte on `route`.
+    pub fn upstream_ttfb(&self, route: &'static str, took: Duration) {
+        if let Ok(mut m) = self.upstream_ttfb.lock() {
+            m.entry(route).or_default().observe(took);
+        }
+    }
+
+    /// Tokens billed for `model` (bounded label set: see [`MAX_MODEL_LABELS`]).
+    pub fn tokens(&self, model: Option<&str>, prompt: u64, completion: u64) {
+        if let Ok(mut m) = self.tokens.lock() {
+            let model = model.unwrap_or("none");
+            let known = m.keys().any(|(_, k)| k == model);
+            let distinct = m.len() / 2;
+            let label = if known || distinct < MAX_MODEL_LABELS {
+                model.to_owned()
+            } else {
+                "other".to_owned()
+            };
+            *m.entry(("prompt", label.clone())).or_default() += prompt;
+            *m.entry(("completion", label)).or_default() += completion;
+        }
+    }
+
+    /// A request refused by a budget (`reason`: `requests` or `tokens`).
+    pub fn budget_refusal(&self, reason: &'static str) {
+        if let Ok(mut m) = self.budget_refusals.lock() {
+            *m.entry(reason).or_default() += 1;
         }
     }
 
@@ -92,31 +148,29 @@ impl Metrics {
                 let _ = writeln!(out, "attach_auth_failures_total{{reason=\"{reason}\"}} {n}");
             }
         }
-        out.push_str("# HELP attach_request_duration_seconds Time to the response head, by route.\n# TYPE attach_request_duration_seconds histogram\n");
-        if let Ok(m) = self.latency.lock() {
-            for (route, h) in m.iter() {
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "attach_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
-                        h.counts[i]
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "attach_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(
-                    out,
-                    "attach_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "attach_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                    h.count
-                );
+        histogram(
+            &mut out,
+            "attach_request_duration_seconds",
+            "Time to the response head, by route.",
+            &self.latency,
+        );
+        histogram(
+            &mut out,
+            "attach_upstream_ttfb_seconds",
+            "Upstream time to first byte, by route.",
+            &self.upstream_ttfb,
+        );
+        out.push_str("# HELP attach_tokens_total Tokens billed, by direction and model (at most 32 model labels, then other).\n# TYPE attach_tokens_total counter\n");
+        if let Ok(m) = self.tokens.lock() {
+            for ((direction, model), n) in m.iter() {
+                let model = model.replace(['\\', '"', '\n'], "_");
+                let _ = writeln!(out, "attach_tokens_total{{direction=\"{direction}\",model=\"{model}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP attach_budget_refusals_total Requests refused by a budget, by what ran out.\n# TYPE attach_budget_refusals_total counter\n");
+        if let Ok(m) = self.budget_refusals.lock() {
+            for (reason, n) in m.iter() {
+                let _ = writeln!(out, "attach_budget_refusals_total{{reason=\"{reason}\"}} {n}");
             }
         }
         out
@@ -153,5 +207,22 @@ mod tests {
         assert!(t.contains(
             "attach_request_duration_seconds_bucket{route=\"/v1/models\",le=\"0.005\"} 1"
         ));
+    }
+
+    #[test]
+    fn model_labels_are_bounded_and_escaped() {
+        let m = Metrics::default();
+        for i in 0..100 {
+            m.tokens(Some(&format!("model-{i}")), 1, 2);
+        }
+        // Models 32..99 (68 of them) and the one below go to `other`: 68 × 2 + 1.
+        m.tokens(Some("model-0"), 10, 20);
+        m.tokens(Some("evil\"} 1\nfake_metric{x=\""), 1, 1);
+        let t = m.render();
+        let series = t.lines().filter(|l| l.starts_with("attach_tokens_total{")).count();
+        assert_eq!(series, 2 * (MAX_MODEL_LABELS + 1), "32 models and other, two directions");
+        assert!(t.contains("attach_tokens_total{direction=\"prompt\",model=\"model-0\"} 11"));
+        assert!(t.contains("attach_tokens_total{direction=\"completion\",model=\"other\"} 137"), "{t}");
+        assert!(!t.contains("fake_metric"));
     }
 }
