@@ -141,6 +141,47 @@ pub enum UsageScope {
     All,
 }
 
+/// Whom a budget counts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPer {
+    /// Each principal has its own counters.
+    #[default]
+    Principal,
+    /// Each tenant shares one set.
+    Tenant,
+    /// Every principal the budget matches shares one set (a policy group).
+    Group,
+}
+
+/// A budget (`[[budgets]]`): requests and tokens (prompt + completion) per window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRule {
+    /// Name (part of the counter key; shown in refusals).
+    pub name: String,
+    /// Whom it counts together.
+    #[serde(default)]
+    pub per: BudgetPer,
+    /// Only principals of this kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Only this tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Only this principal.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Window, seconds (fixed windows aligned to the epoch).
+    pub window_secs: u64,
+    /// Requests per window.
+    #[serde(default)]
+    pub requests: Option<u64>,
+    /// Tokens per window.
+    #[serde(default)]
+    pub tokens: Option<u64>,
+}
+
 /// Metering (`[metering]`): absent = off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -357,6 +398,17 @@ pub struct GatewayConfig {
     /// The usage ledger (off when absent).
     #[serde(default)]
     pub metering: Option<MeteringConfig>,
+    /// Budgets and rate limits (in Redis when `redis_url` is set).
+    #[serde(default)]
+    pub budgets: Vec<BudgetRule>,
+    /// Output tokens reserved (and set on the request) when a budgeted request names no
+    /// maximum (default 1024).
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+}
+
+fn default_max_tokens() -> u64 {
+    1024
 }
 
 fn default_listen() -> String {

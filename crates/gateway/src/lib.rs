@@ -37,6 +37,7 @@ use oba_httpsig::digest::DigestField;
 use oba_httpsig::jwk::Jwk;
 
 pub mod apikeys;
+pub mod budget;
 pub mod config;
 pub mod identity;
 pub mod memory;
@@ -76,7 +77,8 @@ pub enum Error {
 }
 
 struct Inner {
-    metrics: metrics::Metrics,
+    metrics: Arc<metrics::Metrics>,
+    budgets: Option<budget::Budgets>,
     memory: Option<memory::Memory>,
     metering: Option<metering::Metering>,
     config: GatewayConfig,
@@ -272,7 +274,21 @@ pub async fn start_with(
         }
         None => (None, None),
     };
+    let budgets = if config.budgets.is_empty() {
+        None
+    } else {
+        let redis = config
+            .redis_url
+            .as_deref()
+            .map(|u| (u, config.redis_prefix.as_str()));
+        Some(
+            budget::Budgets::new(config.budgets.clone(), config.default_max_tokens, redis)
+                .await
+                .map_err(Error::Config)?,
+        )
+    };
     let state = AppState(Arc::new(Inner {
+        budgets,
         memory,
         metering,
         auth: identity::Authenticator {
@@ -288,7 +304,7 @@ pub async fn start_with(
         http,
         public_url,
         config,
-        metrics: metrics::Metrics::default(),
+        metrics: Arc::new(metrics::Metrics::default()),
     }));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -452,11 +468,11 @@ async fn proxy(
     let started = std::time::Instant::now();
     let route = metrics::route_label(uri.path());
     let mut auth_method = "none";
-    let mut meter = None;
+    let mut pending = Pending::default();
     let resp = proxy_inner(
         &state.0,
         &mut auth_method,
-        &mut meter,
+        &mut pending,
         started,
         method,
         uri,
@@ -466,10 +482,14 @@ async fn proxy(
     .await;
     // A request refused after authentication, or whose body was not tapped: its record
     // is complete now.
-    if let (Some(m), Some(mut r)) = (&state.0.metering, meter) {
+    if let (Some(m), Some(mut r)) = (&state.0.metering, pending.meter) {
         r.status = resp.status().as_u16();
         r.latency_us = started.elapsed().as_micros() as u64;
         m.outbox.send(r);
+    }
+    // Nothing was generated: the reservation keeps its request, not its tokens.
+    if let (Some(b), Some(r)) = (&state.0.budgets, pending.reservation) {
+        b.settle(r, 0);
     }
     state.0.metrics.request(
         route,
@@ -619,11 +639,18 @@ async fn memory_api(
     resp
 }
 
+/// What a request leaves to finish when its response is not tapped.
+#[derive(Default)]
+struct Pending {
+    meter: Option<oba_ledger::UsageRecord>,
+    reservation: Option<oba_budget::Reservation>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn proxy_inner(
     s: &Inner,
     auth_method: &mut &'static str,
-    meter: &mut Option<oba_ledger::UsageRecord>,
+    pending: &mut Pending,
     started: std::time::Instant,
     method: Method,
     uri: Uri,
@@ -693,7 +720,7 @@ async fn proxy_inner(
         r.upstream = upstream.name.clone();
         r.model = model.clone();
         r.bytes_in = body.len() as u64;
-        *meter = Some(r);
+        pending.meter = Some(r);
         parsed = serde_json::from_slice(&body).ok();
         if let Some(v) = parsed.as_mut() {
             prompt_estimate = metering::estimate(metering::prompt_bytes(v));
@@ -702,6 +729,37 @@ async fn proxy_inner(
             if matches!(path, "/v1/chat/completions" | "/v1/completions") {
                 strip_usage = metering::usage::ask_for_usage(v);
                 body_changed |= strip_usage;
+            }
+        }
+    }
+    // Budgets: the request's largest cost reserved, all or nothing.
+    if let Some(b) = &s.budgets {
+        if parsed.is_none() {
+            parsed = serde_json::from_slice(&body).ok();
+        }
+        let prompt = parsed.as_ref().map_or(body.len(), metering::prompt_bytes);
+        match b
+            .reserve(&principal, path, parsed.as_mut(), prompt, memory::now_ms())
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some((r, set_max))) => {
+                pending.reservation = Some(r);
+                body_changed |= set_max;
+            }
+            Err(((status, code, message, retry_after), reason)) => {
+                s.metrics.budget_refusal(match reason {
+                    Some(oba_budget::Reason::Requests) => "requests",
+                    Some(_) => "tokens",
+                    None => "unavailable",
+                });
+                let mut r = fail(status, code, &message);
+                if let Some(v) =
+                    retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+                {
+                    r.headers_mut().insert("retry-after", v);
+                }
+                return r;
             }
         }
     }
@@ -862,11 +920,22 @@ async fn proxy_inner(
         .as_ref()
         .zip(memory_turn.filter(|_| success))
         .map(|(m, (_, turn))| (m.writer.clone(), turn));
-    let record = s.metering.as_ref().zip(meter.take()).map(|(m, mut r)| {
-        r.upstream_ttfb_us = Some(ttfb.as_micros() as u64);
-        (m.outbox.clone(), r)
-    });
-    let body = if turn.is_none() && record.is_none() {
+    s.metrics.upstream_ttfb(metrics::route_label(path), ttfb);
+    let meters = s.metrics.clone();
+    let reservation = s
+        .budgets
+        .as_ref()
+        .zip(pending.reservation.take())
+        .map(|(b, r)| (b.limiter.clone(), r));
+    let record = s
+        .metering
+        .as_ref()
+        .zip(pending.meter.take())
+        .map(|(m, mut r)| {
+            r.upstream_ttfb_us = Some(ttfb.as_micros() as u64);
+            (m.outbox.clone(), r)
+        });
+    let body = if turn.is_none() && record.is_none() && reservation.is_none() {
         Body::from_stream(stream)
     } else {
         let framing = memory::capture::Framing::of(&content_type);
@@ -884,25 +953,32 @@ async fn proxy_inner(
                     writer.send(turn);
                 }
             }
+            // Tokens used: the upstream's count, else the estimate (never output for an
+            // upstream error).
+            let (prompt, completion) = match seen.reply.counts {
+                Some(c) => (c.prompt, if success { c.completion } else { 0 }),
+                None if success => (prompt_estimate, metering::estimate(seen.reply.text.len())),
+                None => (0, 0),
+            };
+            meters.tokens(model.as_deref(), prompt, completion);
+            if let Some((limiter, r)) = reservation {
+                tokio::spawn(async move {
+                    if let Err(e) = limiter.settle(r, prompt + completion).await {
+                        log(format_args!(
+                            "budget: settle failed (the reservation stands): {e}"
+                        ));
+                    }
+                });
+            }
             if let Some((outbox, mut r)) = record {
                 r.status = status;
                 r.streamed = framing != memory::capture::Framing::Json;
                 r.cancelled = !seen.ended;
                 r.bytes_out = seen.bytes_out;
                 r.latency_us = started.elapsed().as_micros() as u64;
-                match seen.reply.counts {
-                    // An upstream error is never billed as output.
-                    Some(c) => {
-                        r.prompt_tokens = c.prompt;
-                        r.completion_tokens = if success { c.completion } else { 0 };
-                    }
-                    None if success => {
-                        r.exact = false;
-                        r.prompt_tokens = prompt_estimate;
-                        r.completion_tokens = metering::estimate(seen.reply.text.len());
-                    }
-                    None => {}
-                }
+                r.exact = seen.reply.counts.is_some() || !success;
+                r.prompt_tokens = prompt;
+                r.completion_tokens = completion;
                 outbox.send(r);
             }
         };

@@ -52,9 +52,17 @@ fn histogram(out: &mut String, name: &str, help: &str, m: &Mutex<BTreeMap<&'stat
     if let Ok(m) = m.lock() {
         for (route, h) in m.iter() {
             for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{route=\"{route}\",le=\"{b}\"}} {}", h.counts[i]);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
+                    h.counts[i]
+                );
             }
-            let _ = writeln!(out, "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
             let _ = writeln!(out, "{name}_sum{{route=\"{route}\"}} {}", h.sum);
             let _ = writeln!(out, "{name}_count{{route=\"{route}\"}} {}", h.count);
         }
@@ -164,13 +172,19 @@ impl Metrics {
         if let Ok(m) = self.tokens.lock() {
             for ((direction, model), n) in m.iter() {
                 let model = model.replace(['\\', '"', '\n'], "_");
-                let _ = writeln!(out, "attach_tokens_total{{direction=\"{direction}\",model=\"{model}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "attach_tokens_total{{direction=\"{direction}\",model=\"{model}\"}} {n}"
+                );
             }
         }
         out.push_str("# HELP attach_budget_refusals_total Requests refused by a budget, by what ran out.\n# TYPE attach_budget_refusals_total counter\n");
         if let Ok(m) = self.budget_refusals.lock() {
             for (reason, n) in m.iter() {
-                let _ = writeln!(out, "attach_budget_refusals_total{{reason=\"{reason}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "attach_budget_refusals_total{{reason=\"{reason}\"}} {n}"
+                );
             }
         }
         out
@@ -219,10 +233,20 @@ mod tests {
         m.tokens(Some("model-0"), 10, 20);
         m.tokens(Some("evil\"} 1\nfake_metric{x=\""), 1, 1);
         let t = m.render();
-        let series = t.lines().filter(|l| l.starts_with("attach_tokens_total{")).count();
-        assert_eq!(series, 2 * (MAX_MODEL_LABELS + 1), "32 models and other, two directions");
+        let series = t
+            .lines()
+            .filter(|l| l.starts_with("attach_tokens_total{"))
+            .count();
+        assert_eq!(
+            series,
+            2 * (MAX_MODEL_LABELS + 1),
+            "32 models and other, two directions"
+        );
         assert!(t.contains("attach_tokens_total{direction=\"prompt\",model=\"model-0\"} 11"));
-        assert!(t.contains("attach_tokens_total{direction=\"completion\",model=\"other\"} 137"), "{t}");
+        assert!(
+            t.contains("attach_tokens_total{direction=\"completion\",model=\"other\"} 137"),
+            "{t}"
+        );
         assert!(!t.contains("fake_metric"));
     }
 }
