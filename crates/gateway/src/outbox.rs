@@ -111,7 +111,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Journal<T> {
     }
 
     /// Bytes in the journal (0 when absent).
-    pub async fn len(&self) -> u64 {
+    pub async fn bytes(&self) -> u64 {
         tokio::fs::metadata(&self.path)
             .await
             .map(|m| m.len())
@@ -222,7 +222,7 @@ async fn run<T: Serialize + DeserializeOwned + Send + 'static>(
     stats: Arc<Stats>,
 ) {
     // What a previous run left behind.
-    let mut pending_journal = journal.len().await > 0;
+    let mut pending_journal = journal.bytes().await > 0;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         if pending_journal {

@@ -1,10 +1,10 @@
 //! End-to-end tests of the Attach Gateway over real sockets.
 //!
 //! Every test runs the gateway ([`attach_gateway::start`]) in front of a TEST UPSTREAM
-//! written here (axum on `127.0.0.1:0`) that speaks enough of the OpenAI and Ollama
-//! protocols: `POST /v1/chat/completions` (JSON, or with `"stream": true` an SSE stream
-//! ending with a usage chunk and `data: [DONE]`), `GET /v1/models`, and `POST /api/chat`
-//! (an NDJSON stream).
+//! (axum on `127.0.0.1:0`, in `tests/common/mod.rs`, shared with `tests/memory.rs`) that
+//! speaks enough of the OpenAI and Ollama protocols: `POST /v1/chat/completions` (JSON,
+//! or with `"stream": true` an SSE stream ending with a usage chunk and `data: [DONE]`),
+//! `GET /v1/models`, and `POST /api/chat` (an NDJSON stream), among others.
 //!
 //! The upstream trusts nothing it did not verify: on every request it rebuilds the
 //! request as an [`oba_httpsig::Message`] and verifies the gateway's `attach` stamp
@@ -22,545 +22,26 @@
 //! signatures, and Web Bot Auth with keys published in a real `oba_registry` (added with
 //! proof of possession) and fetched by the gateway's directory client.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attach_gateway::config::{Rule, ServiceAccount, Upstream, UpstreamKind};
 use attach_gateway::{apikeys, Gateway, GatewayConfig};
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
+use axum::body::Body;
 use axum::response::Response;
-use futures_util::{Stream, StreamExt};
-use oba_httpsig::digest::{DigestAlgorithm, DigestField};
+use futures_util::StreamExt;
 use oba_httpsig::jwk::{Jwk, JwkSet};
-use oba_httpsig::{Algorithm, Component, Derived, Message, Policy, SignatureParams};
+use oba_httpsig::{Algorithm, Component, Derived, Message, SignatureParams};
 use oba_webbotauth::WebBotAuthSigner;
 use serde_json::{json, Value};
 
-// ---------------------------------------------------------------------------------------
-// Shared helpers.
-// ---------------------------------------------------------------------------------------
-
-/// Unix seconds now.
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-/// A client for the tests: no proxy (everything is on loopback), bounded in time.
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("reqwest client")
-}
-
-fn chat_body(model: &str, stream: bool) -> Vec<u8> {
-    json!({
-        "model": model,
-        "stream": stream,
-        "messages": [{ "role": "user", "content": "Say hello" }],
-    })
-    .to_string()
-    .into_bytes()
-}
-
-fn sha256_digest(body: &[u8]) -> String {
-    DigestField::compute(&[DigestAlgorithm::Sha256], body).to_header_value()
-}
-
-/// The JSON error shape: status, `{"error":{"code","message","request_id"}}`, the request
-/// id also in `x-request-id`. Returns the response headers and the error object.
-async fn expect_error_status(resp: reqwest::Response, status: u16) -> (HeaderMap, Value) {
-    let got = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("error body");
-    assert_eq!(got, status, "status (body: {text})");
-    assert!(
-        headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json")),
-        "a JSON error: {headers:?}"
-    );
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    let err = &v["error"];
-    assert!(
-        err["code"].as_str().is_some_and(|c| !c.is_empty()),
-        "an error code in {text}"
-    );
-    assert!(
-        err["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "an error message in {text}"
-    );
-    let rid = err["request_id"].as_str().expect("request_id");
-    assert!(!rid.is_empty(), "a request id in {text}");
-    let header_ids: Vec<_> = headers.get_all("x-request-id").iter().collect();
-    assert_eq!(header_ids.len(), 1, "one x-request-id: {headers:?}");
-    assert_eq!(header_ids[0], rid, "x-request-id = error.request_id");
-    (headers, err.clone())
-}
-
-/// [`expect_error_status`] with this error code.
-async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> (HeaderMap, Value) {
-    let (headers, err) = expect_error_status(resp, status).await;
-    assert_eq!(err["code"], code, "error code in {err}");
-    (headers, err)
-}
-
-// ---------------------------------------------------------------------------------------
-// The test upstream: a model server that verifies the gateway's stamp.
-// ---------------------------------------------------------------------------------------
-
-/// What the upstream saw on a request whose stamp verified.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-    /// Every `x-attach-*` field, all values.
-    attach: BTreeMap<String, Vec<String>>,
-    /// Every header line as received (for replaying to the upstream directly).
-    raw: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
-}
-
-impl Seen {
-    /// The single value of `x-attach-<name>` (none, or a panic if repeated).
-    fn attach(&self, name: &str) -> Option<&str> {
-        let values = self.attach.get(&format!("x-attach-{name}"))?;
-        assert_eq!(values.len(), 1, "x-attach-{name} once: {values:?}");
-        Some(values[0].as_str())
-    }
-    fn header(&self, name: &str) -> Vec<String> {
-        self.raw
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .collect()
-    }
-}
-
-#[derive(Default)]
-struct UpState {
-    /// The stamp keys it trusts (from the gateways' JWKS).
-    keys: Mutex<Vec<Jwk>>,
-    seen: Mutex<Vec<Seen>>,
-    rejected: Mutex<Vec<String>>,
-    /// The test says "I have the first chunk" through this.
-    release: tokio::sync::Notify,
-    /// The stream was released by the test (not by the safety timeout).
-    released: AtomicBool,
-    /// The last chunk of the stream has been handed to the connection.
-    last_sent: AtomicBool,
-    hits: AtomicUsize,
-}
-
-struct TestUpstream {
-    addr: SocketAddr,
-    state: Arc<UpState>,
-}
-
-impl TestUpstream {
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-    fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().expect("lock").clone()
-    }
-    fn last(&self) -> Seen {
-        self.seen().pop().expect("the upstream saw a request")
-    }
-    fn rejected(&self) -> Vec<String> {
-        self.state.rejected.lock().expect("lock").clone()
-    }
-    fn hits(&self) -> usize {
-        self.state.hits.load(Ordering::SeqCst)
-    }
-}
-
-async fn start_upstream() -> TestUpstream {
-    let state = Arc::new(UpState::default());
-    let app = axum::Router::new()
-        .fallback(upstream_handler)
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = listener.local_addr().expect("upstream address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    TestUpstream { addr, state }
-}
-
-/// Verifies the stamp the way a model server would.
-fn verify_stamp(
-    s: &UpState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), String> {
-    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut msg = Message::request(method.as_str(), target)
-        .map_err(|e| format!("request: {e}"))?
-        .with_scheme("http");
-    for (name, value) in headers {
-        msg.append_header(name.as_str(), value.as_bytes());
-    }
-    for required in [
-        "x-attach-principal",
-        "x-attach-auth-method",
-        "x-attach-request-id",
-    ] {
-        if !headers.contains_key(required) {
-            return Err(format!("{required} missing"));
-        }
-    }
-    let entries = oba_httpsig::signatures(&msg).map_err(|e| format!("no stamp: {e}"))?;
-    let entry = entries
-        .into_iter()
-        .find(|(l, _)| l == "attach")
-        .ok_or("no signature labelled attach")?
-        .1
-        .map_err(|e| format!("stamp: {e}"))?;
-    let keyid = entry
-        .params
-        .keyid()
-        .ok_or("stamp without keyid")?
-        .to_owned();
-    // The stamp's nonce is the request id (a sidecar can refuse a replayed stamp).
-    let request_id = headers
-        .get("x-attach-request-id")
-        .and_then(|v| v.to_str().ok());
-    if entry.params.nonce() != request_id {
-        return Err("stamp nonce is not the request id".into());
-    }
-    let jwk = s
-        .keys
-        .lock()
-        .expect("lock")
-        .iter()
-        .find(|k| k.kid.as_deref() == Some(keyid.as_str()))
-        .cloned()
-        .ok_or_else(|| format!("unknown stamp key {keyid}"))?;
-    if jwk.thumbprint().map_err(|e| e.to_string())? != keyid {
-        return Err("stamp keyid is not the key's thumbprint".into());
-    }
-    let key = jwk.verifying_key(None).map_err(|e| e.to_string())?;
-    let field = |n: &str| Component::field(n).expect("field component");
-    let mut policy = Policy::default()
-        .allow_algorithms(&[Algorithm::Ed25519])
-        .require_tag("attach-gateway")
-        .require_keyid(true)
-        .max_age(60)
-        .clock_skew(5)
-        .require_component(Component::derived(Derived::Method))
-        .require_component(Component::derived(Derived::Authority))
-        .require_component(Component::derived(Derived::Path))
-        .require_component(Component::derived(Derived::Query));
-    if !body.is_empty() {
-        policy = policy.require_component(field("content-digest"));
-    }
-    for name in headers.keys() {
-        if name.as_str().starts_with("x-attach-") {
-            policy = policy.require_component(field(name.as_str()));
-        }
-    }
-    oba_httpsig::verify(&msg, None, Some("attach"), &key, &policy, now())
-        .map_err(|e| format!("stamp: {e}"))?;
-    if !body.is_empty() {
-        let cd = headers
-            .get("content-digest")
-            .and_then(|v| v.to_str().ok())
-            .ok_or("Content-Digest missing")?;
-        DigestField::parse(cd)
-            .and_then(|f| f.verify(body))
-            .map_err(|e| format!("Content-Digest: {e}"))?;
-    }
-    Ok(())
-}
-
-fn json_response(status: u16, v: &Value) -> Response {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(v.to_string()))
-        .expect("response")
-}
-
-async fn upstream_handler(
-    State(s): State<Arc<UpState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    s.hits.fetch_add(1, Ordering::SeqCst);
-    if let Err(e) = verify_stamp(&s, &method, &uri, &headers, &body) {
-        s.rejected.lock().expect("lock").push(e.clone());
-        return json_response(401, &json!({ "error": { "message": e } }));
-    }
-    let mut attach: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut raw = Vec::new();
-    for (n, v) in &headers {
-        raw.push((n.as_str().to_owned(), v.as_bytes().to_vec()));
-        if n.as_str().starts_with("x-attach-") {
-            attach
-                .entry(n.as_str().to_owned())
-                .or_default()
-                .push(v.to_str().unwrap_or_default().to_owned());
-        }
-    }
-    s.seen.lock().expect("lock").push(Seen {
-        method: method.to_string(),
-        target: uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default(),
-        attach,
-        raw,
-        body: body.to_vec(),
-    });
-    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = req["model"].as_str().unwrap_or("llama3").to_owned();
-    if model == "slow" {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
-    match (method.as_str(), uri.path()) {
-        ("POST", "/v1/chat/completions") if req["stream"] == json!(true) => {
-            streamed(s, sse_chunks(&model), "text/event-stream")
-        }
-        ("POST", "/v1/chat/completions") => json_response(200, &completion(&model)),
-        ("GET", "/v1/models") => {
-            // Like hosted OpenAI-compatible servers, it sends its own request id.
-            let mut r = json_response(200, &models());
-            r.headers_mut().insert(
-                "x-request-id",
-                "upstream-generated-id".parse().expect("header"),
-            );
-            r
-        }
-        ("POST", "/api/chat") if req["stream"] != json!(false) => {
-            streamed(s, ndjson_chunks(&model), "application/x-ndjson")
-        }
-        _ => json_response(404, &json!({ "error": "not found" })),
-    }
-}
-
-fn completion(model: &str) -> Value {
-    json!({
-        "id": "chatcmpl-e2e",
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": { "role": "assistant", "content": "Hello, world!" },
-            "finish_reason": "stop",
-        }],
-        "usage": { "prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9 },
-    })
-}
-
-fn models() -> Value {
-    json!({
-        "object": "list",
-        "data": [
-            { "id": "llama3.1", "object": "model", "owned_by": "e2e" },
-            { "id": "gpt-4", "object": "model", "owned_by": "e2e" },
-        ],
-    })
-}
-
-/// The SSE stream of a chat completion: content deltas, a finish chunk, a usage chunk,
-/// `[DONE]`.
-fn sse_chunks(model: &str) -> Vec<String> {
-    let mut v: Vec<String> = ["Hello", ",", " world", "!"]
-        .iter()
-        .map(|w| {
-            let c = json!({
-                "id": "chatcmpl-e2e", "object": "chat.completion.chunk", "model": model,
-                "choices": [{ "index": 0, "delta": { "content": w }, "finish_reason": null }],
-            });
-            format!("data: {c}\n\n")
-        })
-        .collect();
-    let finish = json!({
-        "id": "chatcmpl-e2e", "object": "chat.completion.chunk", "model": model,
-        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }],
-    });
-    v.push(format!("data: {finish}\n\n"));
-    let usage = json!({
-        "id": "chatcmpl-e2e", "object": "chat.completion.chunk", "model": model,
-        "choices": [],
-        "usage": { "prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9 },
-    });
-    v.push(format!("data: {usage}\n\n"));
-    v.push("data: [DONE]\n\n".into());
-    v
-}
-
-/// The Ollama `/api/chat` NDJSON stream.
-fn ndjson_chunks(model: &str) -> Vec<String> {
-    let mut v: Vec<String> = ["Hel", "lo", " there"]
-        .iter()
-        .map(|w| {
-            let c = json!({
-                "model": model, "created_at": "2024-01-01T00:00:00Z",
-                "message": { "role": "assistant", "content": w }, "done": false,
-            });
-            format!("{c}\n")
-        })
-        .collect();
-    let done = json!({
-        "model": model, "created_at": "2024-01-01T00:00:01Z",
-        "message": { "role": "assistant", "content": "" },
-        "done": true, "done_reason": "stop",
-        "total_duration": 1234, "prompt_eval_count": 5, "eval_count": 3,
-    });
-    v.push(format!("{done}\n"));
-    v
-}
-
-/// Streams `chunks`: the first at once, the rest only after the test released the stream
-/// (or after a 5 s safety timeout), with a small delay between them.
-fn streamed(s: Arc<UpState>, chunks: Vec<String>, content_type: &str) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    tokio::spawn(async move {
-        let n = chunks.len();
-        for (i, c) in chunks.into_iter().enumerate() {
-            if i == 1 {
-                let released =
-                    tokio::time::timeout(Duration::from_secs(5), s.release.notified()).await;
-                s.released.store(released.is_ok(), Ordering::SeqCst);
-            } else if i > 1 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if tx.send(Bytes::from(c)).await.is_err() {
-                return;
-            }
-            if i + 1 == n {
-                s.last_sent.store(true, Ordering::SeqCst);
-            }
-        }
-    });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
-    Response::builder()
-        .status(200)
-        .header("content-type", content_type)
-        .header("cache-control", "no-cache")
-        .body(Body::from_stream(body))
-        .expect("stream response")
-}
-
-// ---------------------------------------------------------------------------------------
-// Gateway set-ups.
-// ---------------------------------------------------------------------------------------
-
-fn config(upstream_url: &str) -> GatewayConfig {
-    GatewayConfig {
-        listen: "127.0.0.1:0".into(),
-        upstreams: vec![Upstream {
-            name: "test".into(),
-            url: upstream_url.into(),
-            kind: UpstreamKind::Openai,
-            models: Vec::new(),
-        }],
-        ..GatewayConfig::default()
-    }
-}
-
-fn tenant_rule(tenant: &str) -> Rule {
-    Rule {
-        tenant: Some(tenant.into()),
-        ..Rule::default()
-    }
-}
-
-/// Starts the gateway; the upstream learns its stamp key from `/.well-known/jwks.json`.
-async fn start_gateway(cfg: GatewayConfig, up: Option<&TestUpstream>) -> Gateway {
-    let gw = attach_gateway::start(cfg).await.expect("gateway starts");
-    let text = http()
-        .get(format!("http://{}/.well-known/jwks.json", gw.addr))
-        .send()
-        .await
-        .expect("GET jwks")
-        .text()
-        .await
-        .expect("jwks body");
-    let set = JwkSet::parse(&text).expect("a JWK Set");
-    let kid = gw
-        .stamp_public_jwk
-        .kid
-        .clone()
-        .expect("stamp key has a kid");
-    let published = set.find(&kid).expect("the stamp key is published").clone();
-    assert_eq!(
-        published, gw.stamp_public_jwk,
-        "published = Gateway.stamp_public_jwk"
-    );
-    if let Some(up) = up {
-        up.state.keys.lock().expect("lock").push(published);
-    }
-    gw
-}
-
-/// A gateway with an API key file holding key `ci` (tenant `acme`).
-struct KeyEnv {
-    up: TestUpstream,
-    gw: Gateway,
-    key: String,
-    keys_path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl KeyEnv {
-    async fn start(rules: Vec<Rule>, tweak: impl FnOnce(&mut GatewayConfig)) -> KeyEnv {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let keys_path = dir.path().join("keys.jsonl");
-        let key = apikeys::create(&keys_path, "ci", Some("acme"), now()).expect("create key");
-        let up = start_upstream().await;
-        let mut cfg = config(&up.url());
-        cfg.api_key_file = Some(keys_path.clone());
-        cfg.policy = rules;
-        tweak(&mut cfg);
-        let gw = start_gateway(cfg, Some(&up)).await;
-        KeyEnv {
-            up,
-            gw,
-            key,
-            keys_path,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.gw.addr)
-    }
-
-    async fn chat(&self, key: &str, body: Vec<u8>) -> reqwest::Response {
-        http()
-            .post(self.url("/v1/chat/completions"))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("POST chat")
-    }
-}
+use common::*;
 
 // ---------------------------------------------------------------------------------------
 // 0. The test upstream itself refuses what is not stamped by the gateway.
@@ -660,18 +141,6 @@ async fn api_key_request_reaches_upstream_with_verified_stamp() {
         "the caller's API key is not forwarded (forward_credentials = false)"
     );
     assert_eq!(s.header("content-digest").len(), 1);
-}
-
-/// `reqwest` without its `json` feature: parse the body ourselves.
-trait JsonBody {
-    async fn json_body(self) -> Value;
-}
-
-impl JsonBody for reqwest::Response {
-    async fn json_body(self) -> Value {
-        let text = self.text().await.expect("body");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-    }
 }
 
 #[tokio::test]
@@ -862,22 +331,6 @@ async fn spoofed_x_attach_fields_are_replaced_and_session_is_scoped() {
 // 3. Streaming.
 // ---------------------------------------------------------------------------------------
 
-/// Reads from `stream` into `buf` until it holds at least `n` bytes.
-async fn read_at_least<S>(stream: &mut S, buf: &mut Vec<u8>, n: usize)
-where
-    S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
-{
-    while buf.len() < n {
-        let chunk = stream
-            .next()
-            .await
-            .expect("the stream ended early")
-            .expect("a chunk");
-        buf.extend_from_slice(&chunk);
-    }
-}
-
-/// The first chunk reaches the client while the upstream is still holding the rest;
 /// then the whole body arrives unchanged.
 async fn assert_streams_incrementally(
     up: &TestUpstream,
@@ -1964,6 +1417,10 @@ async fn config_doc_example_adapted_runs() {
     cfg.upstreams[0].url = up.url();
     cfg.service_accounts[0].jwk["x"] = json!(x);
     cfg.oidc_issuers.clear();
+    // The example's memory store is a relative path: keep it in the temporary directory.
+    if let Some(m) = cfg.memory.as_mut() {
+        m.store = format!("sqlite:{}", dir.path().join("memory.db").display());
+    }
     let gw = start_gateway(cfg, Some(&up)).await;
     let resp = http()
         .post(format!("http://{}/api/chat", gw.addr))

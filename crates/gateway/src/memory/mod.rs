@@ -332,6 +332,10 @@ impl Memory {
     /// The recalled system message for `query` (`None`: nothing relevant, or the store
     /// did not answer — recall never fails a request).
     pub async fn recall(&self, plan: &Plan, query: &str) -> Option<String> {
+        // Only this session, and the request names none: nothing to recall.
+        if plan.session_only && plan.session.is_none() {
+            return None;
+        }
         let filter = Filter {
             session: if plan.session_only {
                 plan.session.clone()
