@@ -46,6 +46,10 @@ pub(crate) struct GatewayArgs {
     /// `postgres://` URL.
     #[arg(long, env = "OBA_GATEWAY_METERING")]
     metering: Option<String>,
+    /// Log format on standard error: `text` or `json` (one JSON object per line, with
+    /// the request id and trace id of the request it belongs to).
+    #[arg(long, env = "OBA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Add a policy rule allowing every authenticated principal (the default is deny).
     #[arg(long)]
     allow_authenticated: bool,
@@ -120,7 +124,18 @@ pub(crate) fn gateway(args: GatewayArgs) -> Result<u8, Failure> {
     }
 }
 
+/// Sends the gateway's `tracing` events to standard error, as text or JSON lines.
+pub(crate) fn init_logs(format: &str) {
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().with_current_span(true).try_init()
+    } else {
+        builder.with_ansi(false).try_init()
+    };
+}
+
 fn run(args: GatewayArgs) -> Result<u8, Failure> {
+    init_logs(&args.log_format);
     let mut config = match &args.config {
         Some(p) => {
             let text =

@@ -25,6 +25,9 @@ pub(crate) struct UpArgs {
 }
 
 pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
+    crate::gateway_cmd::init_logs(
+        &std::env::var("OBA_LOG_FORMAT").unwrap_or_else(|_| "text".into()),
+    );
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
     let stamp = dir.join("gateway-stamp.jwk");

@@ -6,12 +6,19 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-struct Server(Child);
+struct Server(Child, std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Server {
+    /// The log lines the gateway wrote so far (after the first).
+    fn logs(&self) -> Vec<String> {
+        self.1.lock().unwrap().clone()
     }
 }
 
@@ -46,9 +53,12 @@ fn gateway_with(upstream: &str, keys: &Path, extra: &[&str]) -> (Server, String)
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     // Keep draining the gateway's log so it never blocks on a full pipe.
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = logs.clone();
     std::thread::spawn(move || {
         for l in reader.lines().map_while(Result::ok) {
             eprintln!("gateway: {l}");
+            sink.lock().unwrap().push(l);
         }
     });
     let url = line
@@ -56,7 +66,7 @@ fn gateway_with(upstream: &str, keys: &Path, extra: &[&str]) -> (Server, String)
         .find(|w| w.starts_with("http://"))
         .expect("address printed")
         .to_owned();
-    (Server(child), url)
+    (Server(child, logs), url)
 }
 
 #[test]
@@ -325,4 +335,52 @@ fn usage_recorded_and_reported() {
     let out = oba(&["usage", "--gateway", &url]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+/// `--log-format json`: one JSON object per line, carrying the request's id and trace id.
+#[test]
+fn json_logs_carry_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.jsonl");
+    std::fs::write(&file, "").unwrap();
+    let (gw, url) = gateway_with("http://127.0.0.1:9", &file, &["--log-format", "json"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rid = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!("{url}/v1/models"))
+            .bearer_auth("oba_not_a_key")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        r.headers()["x-request-id"].to_str().unwrap().to_owned()
+    });
+    let mut line = None;
+    for _ in 0..100 {
+        line = gw
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("authentication refused"));
+        if line.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let line = line.expect("a log line for the refusal");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["level"], "WARN");
+    assert_eq!(v["span"]["request_id"], rid.as_str(), "{line}");
+    assert_eq!(v["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown_api_key"),
+        "{line}"
+    );
+    assert!(!line.contains("oba_not_a_key"), "no credentials in logs");
 }

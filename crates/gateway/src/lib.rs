@@ -78,6 +78,7 @@ pub enum Error {
 
 struct Inner {
     metrics: Arc<metrics::Metrics>,
+    directory: Arc<oba_webbotauth::client::DirectoryClient>,
     budgets: Option<budget::Budgets>,
     memory: Option<memory::Memory>,
     metering: Option<metering::Metering>,
@@ -128,11 +129,40 @@ impl Gateway {
     }
 }
 
-/// Writes a log line to standard error; a closed stderr never takes a request down
-/// (`eprintln!` would panic).
+/// Logs through `tracing` (target `attach`): inside a request, the subscriber adds the
+/// request's span fields (`request_id`, `trace_id`) to every line. The binary chooses
+/// text or JSON output (`oba gateway --log-format`).
 pub(crate) fn log(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{args}");
+    tracing::warn!(target: "attach", "{args}");
+}
+
+/// The W3C `traceparent` for the upstream request: the caller's trace continued with a
+/// new parent id (this hop), or a new sampled trace. Returns (trace id, header value).
+pub fn traceparent(incoming: Option<&str>) -> (String, String) {
+    let hex = |n: usize| {
+        let mut b = vec![0u8; n];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    let valid = incoming.and_then(|v| {
+        let parts: Vec<&str> = v.trim().split('-').collect();
+        let ok = parts.len() >= 4
+            && parts[0].len() == 2
+            && parts[0] != "ff"
+            && parts[1].len() == 32
+            && parts[2].len() == 16
+            && parts[3].len() == 2
+            && parts[..4].iter().all(|p| {
+                p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+            && parts[1].bytes().any(|b| b != b'0')
+            && parts[2].bytes().any(|b| b != b'0');
+        ok.then(|| (parts[1].to_owned(), parts[3].to_owned()))
+    });
+    let (trace, flags) = valid.unwrap_or_else(|| (hex(16), "01".into()));
+    let value = format!("00-{trace}-{}-{flags}", hex(8));
+    (trace, value)
 }
 
 pub(crate) fn now() -> i64 {
@@ -169,12 +199,13 @@ pub async fn start_with(
         .map(identity::ServiceKey::from_config)
         .collect::<Result<Vec<_>, _>>()
         .map_err(Error::Config)?;
-    let client =
+    let directory = Arc::new(
         oba_webbotauth::client::DirectoryClient::new(oba_webbotauth::client::ClientConfig {
             allow_loopback: config.allow_insecure_directories,
             ..Default::default()
         })
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .map_err(|e| Error::Config(e.to_string()))?,
+    );
     // Replay is checked by the gateway itself after verification (shared with Redis).
     let replay = match &config.redis_url {
         Some(url) => replay::ReplayStore::redis(url, &config.redis_prefix)
@@ -186,7 +217,7 @@ pub async fn start_with(
         allow_http_loopback: config.allow_insecure_directories,
         ..Default::default()
     })
-    .with_client(Arc::new(client));
+    .with_client(directory.clone());
     // Zero trust: with no trusted agent prefixes, no agent's keys are fetched.
     bots = bots.with_trusted_agents(config.trusted_agents.clone());
     let oidc = oba_oidc::OidcVerifier::new(
@@ -288,6 +319,7 @@ pub async fn start_with(
         )
     };
     let state = AppState(Arc::new(Inner {
+        directory,
         budgets,
         memory,
         metering,
@@ -320,6 +352,13 @@ pub async fn start_with(
                 if let Some(m) = &s.0.metering {
                     text.push_str(&m.outbox.stats.render("usage", "Usage records"));
                 }
+                let (jwks_hits, jwks_fetches) = s.0.auth.oidc.cache_stats();
+                text.push_str(&metrics::key_fetches(
+                    s.0.directory.cache_hit_count(),
+                    s.0.directory.fetch_count(),
+                    jwks_hits,
+                    jwks_fetches,
+                ));
                 text
             }),
         )
@@ -469,15 +508,26 @@ async fn proxy(
     let route = metrics::route_label(uri.path());
     let mut auth_method = "none";
     let mut pending = Pending::default();
-    let resp = proxy_inner(
-        &state.0,
-        &mut auth_method,
-        &mut pending,
-        started,
-        method,
-        uri,
-        headers,
-        body,
+    let request_id = oba_httpsig::random_nonce();
+    let (trace_id, traceparent) =
+        traceparent(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace_id);
+    let resp = tracing::Instrument::instrument(
+        proxy_inner(
+            &state.0,
+            &mut auth_method,
+            &mut pending,
+            started,
+            Ids {
+                request: request_id,
+                traceparent,
+            },
+            method,
+            uri,
+            headers,
+            body,
+        ),
+        span,
     )
     .await;
     // A request refused after authentication, or whose body was not tapped: its record
@@ -639,6 +689,12 @@ async fn memory_api(
     resp
 }
 
+/// The request id and the `traceparent` sent upstream.
+struct Ids {
+    request: String,
+    traceparent: String,
+}
+
 /// What a request leaves to finish when its response is not tapped.
 #[derive(Default)]
 struct Pending {
@@ -652,12 +708,13 @@ async fn proxy_inner(
     auth_method: &mut &'static str,
     pending: &mut Pending,
     started: std::time::Instant,
+    ids: Ids,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request_id = oba_httpsig::random_nonce();
+    let request_id = ids.request;
     let fail = |status, code: &str, msg: &str| error(status, code, msg, &request_id, &s.public_url);
     let path = uri.path();
     if !ROUTES.contains(&path) && !s.config.extra_routes.iter().any(|r| r == path) {
@@ -845,6 +902,7 @@ async fn proxy_inner(
             || n.starts_with("x-attach-")
             || n == "content-length"
             || n == "content-digest"
+            || n == "traceparent"
             || (credential && !s.config.forward_credentials)
         {
             continue;
@@ -854,6 +912,8 @@ async fn proxy_inner(
     for (n, v) in stamped {
         req = req.header(n, v);
     }
+    // W3C trace context: the caller's trace continues through this hop.
+    req = req.header("traceparent", ids.traceparent.as_str());
     let send = req.body(body).send();
     let resp =
         match tokio::time::timeout(Duration::from_secs(s.config.first_byte_timeout_secs), send)

@@ -32,6 +32,19 @@ impl Hist {
     }
 }
 
+/// Key lookups by source (`directory`: Web Bot Auth key directories; `jwks`: OIDC
+/// issuers) and outcome (`hit`: from the cache; `fetch`: over the network).
+pub fn key_fetches(dir_hits: u64, dir_fetches: u64, jwks_hits: u64, jwks_fetches: u64) -> String {
+    format!(
+        "# HELP attach_key_lookups_total Key lookups by source and outcome (hit: cache, fetch: network).\n\
+         # TYPE attach_key_lookups_total counter\n\
+         attach_key_lookups_total{{source=\"directory\",outcome=\"hit\"}} {dir_hits}\n\
+         attach_key_lookups_total{{source=\"directory\",outcome=\"fetch\"}} {dir_fetches}\n\
+         attach_key_lookups_total{{source=\"jwks\",outcome=\"hit\"}} {jwks_hits}\n\
+         attach_key_lookups_total{{source=\"jwks\",outcome=\"fetch\"}} {jwks_fetches}\n"
+    )
+}
+
 /// Distinct model labels kept; further models are counted as `other` (models come from
 /// clients, so the label set must stay bounded).
 pub const MAX_MODEL_LABELS: usize = 32;

@@ -167,6 +167,39 @@ async fn get_with_query_is_stamped_and_forwarded() {
     );
 }
 
+/// W3C trace context: the caller's trace continues upstream with this hop's own parent
+/// id; without one (or with an invalid one), a new sampled trace starts.
+#[tokio::test]
+async fn traceparent_is_continued_or_started_upstream() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |_| {}).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (sent, same_trace) in [
+        (Some(incoming), true),
+        (None, false),
+        (Some("00-zz-bad-01"), false),
+    ] {
+        let mut req = http().get(env.url("/v1/models")).bearer_auth(&env.key);
+        if let Some(t) = sent {
+            req = req.header("traceparent", t);
+        }
+        assert_eq!(req.send().await.expect("GET models").status(), 200);
+        let got = env.up.last().header("traceparent");
+        assert_eq!(got.len(), 1, "one traceparent upstream");
+        let parts: Vec<&str> = got[0].split('-').collect();
+        assert_eq!(parts.len(), 4, "{got:?}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        assert_eq!(
+            parts[1] == "4bf92f3577b34da6a3ce929d0e0e4736",
+            same_trace,
+            "{got:?}"
+        );
+        assert_ne!(parts[2], "00f067aa0ba902b7", "this hop's own parent id");
+    }
+}
+
 /// The client must see one request id, the gateway's (the one in the stamp), even when
 /// the model server sends its own `x-request-id` (hosted OpenAI-compatible servers do).
 #[tokio::test]

@@ -118,6 +118,9 @@ pub struct OidcVerifier {
     http: reqwest::Client,
     allow_http: bool,
     cache: Mutex<HashMap<String, (Instant, Vec<Jwk>)>>,
+    /// JWKS lookups answered from the cache / fetched (for metrics).
+    hits: std::sync::atomic::AtomicU64,
+    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for OidcVerifier {
@@ -162,7 +165,16 @@ impl OidcVerifier {
             http,
             allow_http,
             cache: Mutex::new(HashMap::new()),
+            hits: Default::default(),
+            fetches: Default::default(),
         })
+    }
+
+    /// JWKS lookups answered from the cache, and JWKS fetches (discovery + keys) made:
+    /// `(hits, fetches)`.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.fetches.load(Relaxed))
     }
 
     /// The configured issuers.
@@ -210,9 +222,13 @@ impl OidcVerifier {
         if let Some((at, keys)) = &cached {
             let has_kid = kid.is_none_or(|k| keys.iter().any(|j| j.kid.as_deref() == Some(k)));
             if at.elapsed() < JWKS_TTL && (has_kid || at.elapsed() < REFETCH_MIN) {
+                self.hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(keys.clone());
             }
         }
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let discovery = self
             .fetch_json(&format!(
                 "{}/.well-known/openid-configuration",

@@ -177,6 +177,7 @@ pub struct DirectoryClient {
     cache: moka::future::Cache<String, Slot>,
     inflight: Mutex<HashMap<String, SharedFetch>>,
     fetches: AtomicU64,
+    cache_hits: AtomicU64,
 }
 
 impl std::fmt::Debug for DirectoryClient {
@@ -348,12 +349,19 @@ impl DirectoryClient {
             cache,
             inflight: Mutex::new(HashMap::new()),
             fetches: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
         })
     }
 
     /// How many network fetches were made (for metrics and tests).
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// How many key lookups were answered from the cache (fresh, or stale while the
+    /// origin fails), for metrics.
+    pub fn cache_hit_count(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
     }
 
     /// The keys published by `agent`, from the cache when fresh.
@@ -405,11 +413,15 @@ impl DirectoryClient {
         let now = self.config.clock.now();
         let prev = self.cache.get(&key).await;
         match &prev {
-            Some(Slot::Good(set)) if !force && now < set.fresh_until => return Ok(set.clone()),
+            Some(Slot::Good(set)) if !force && now < set.fresh_until => {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(set.clone());
+            }
             Some(Slot::Good(set)) if !force => {
                 // Serving stale while the origin is failing: do not hammer it.
                 let wait = set.retry_after.lock().ok().and_then(|r| *r);
                 if wait.is_some_and(|w| now < w) && now < set.stale_until {
+                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(set.clone());
                 }
             }
