@@ -438,3 +438,79 @@ async fn one_record_per_request_and_reports_by_scope() {
     let (status, _) = get("oba_wrong", "").await;
     assert_eq!(status, 401);
 }
+
+/// The Grafana dashboard in the repository only queries metrics the gateway exports, and
+/// no series of the export carries a per-principal label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_exported_metrics_and_no_series_names_a_principal() {
+    let e = env().await;
+    let r = e
+        .post(&e.alice, "/v1/chat/completions", chat("m1", false))
+        .await;
+    r.text().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Memory on too, so its queue metrics are exported.
+    let mut cfg = GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        upstreams: vec![Upstream {
+            name: "test".into(),
+            url: "http://127.0.0.1:9".into(),
+            kind: UpstreamKind::Openai,
+            models: vec![],
+        }],
+        metering: Some(MeteringConfig::new("sqlite::memory:")),
+        ..GatewayConfig::default()
+    };
+    cfg.memory = Some(attach_gateway::config::MemoryConfig::new(&format!(
+        "sqlite:{}",
+        dir.path().join("m.db").display()
+    )));
+    let gw = attach_gateway::start(cfg).await.unwrap();
+    let mut text = String::new();
+    for addr in [e.gw.addr, gw.addr] {
+        text.push_str(
+            &reqwest::get(format!("http://{addr}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../../deploy/grafana/attach-gateway.json")).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("attach_") {
+                    continue;
+                }
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .unwrap_or(word);
+                assert!(
+                    exported.contains(base),
+                    "{} queries {word}, not exported",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 12);
+    // Bounded labels: neither principals nor keys appear in any series.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !line.contains("key:") && !line.contains("principal="),
+            "{line}"
+        );
+    }
+}
