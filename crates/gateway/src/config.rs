@@ -455,9 +455,15 @@ mod tests {
         let c = GatewayConfig::from_toml(include_str!("../gateway.example.toml")).unwrap();
         assert_eq!(c.upstreams.len(), 2);
         assert_eq!(c.upstreams[0].kind, UpstreamKind::Ollama);
-        assert_eq!(c.policy.len(), 4);
+        assert_eq!(c.policy.len(), 5);
         assert_eq!(c.policy[0].memory, Some(MemoryMode::Write));
-        assert_eq!(c.policy[3].claims["groups"], "admins");
+        assert_eq!(c.policy[2].usage, Some(UsageScope::Tenant));
+        assert_eq!(c.policy[4].claims["groups"], "admins");
+        assert_eq!(c.budgets.len(), 2);
+        assert_eq!(c.budgets[0].per, BudgetPer::Tenant);
+        assert_eq!(c.budgets[1].tokens, Some(50_000));
+        assert_eq!(c.default_max_tokens, 1024);
+        assert!(c.metering.is_some());
         let m = c.memory.unwrap();
         assert_eq!(m.default_mode, MemoryMode::Write);
         assert_eq!(m.tenant_retention_days["acme"], 30);
