@@ -19,6 +19,7 @@ use oba_httpsig::{
 };
 use serde_json::json;
 
+mod audit_cmd;
 mod gateway_cmd;
 mod memory_cmd;
 mod registry_cmd;
@@ -84,6 +85,8 @@ enum Command {
     Memory(memory_cmd::MemoryArgs),
     /// Usage on a gateway: requests and tokens by principal, model, tenant or day.
     Usage(usage_cmd::UsageArgs),
+    /// Audit trail: verify a file or a database table (hash chain, signed checkpoints), export.
+    Audit(audit_cmd::AuditArgs),
 }
 
 #[derive(Subcommand)]
@@ -258,6 +261,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up_cmd::up(args),
         Command::Memory(args) => memory_cmd::memory(args),
         Command::Usage(args) => usage_cmd::usage(args),
+        Command::Audit(args) => audit_cmd::audit(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

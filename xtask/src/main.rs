@@ -188,14 +188,22 @@ async fn stack() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
         "sqlite:{}",
         memory_dir.join("memory.db").display()
     )));
+    // And with metering (a usage record per request to SQLite).
+    let mut with_metering = config.clone();
+    with_metering.metering = Some(attach_gateway::config::MeteringConfig::new(&format!(
+        "sqlite:{}",
+        memory_dir.join("usage.db").display()
+    )));
     let gw = attach_gateway::start(config).await?;
     let gw_memory = attach_gateway::start(with_memory).await?;
+    let gw_metering = attach_gateway::start(with_metering).await?;
     // The gateway read its key file at start; it keeps running in the background.
     drop(dir);
     let info = serde_json::json!({
         "direct": format!("{upstream}/v1/chat/completions"),
         "gateway": format!("http://{}/v1/chat/completions", gw.addr),
         "gateway_memory": format!("http://{}/v1/chat/completions", gw_memory.addr),
+        "gateway_metering": format!("http://{}/v1/chat/completions", gw_metering.addr),
         "api_key": api_key,
         "jwt": jwt,
         "directory": directory,
@@ -204,6 +212,7 @@ async fn stack() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     // Detached: the server tasks go on.
     drop(gw);
     drop(gw_memory);
+    drop(gw_metering);
     Ok(info)
 }
 
@@ -484,6 +493,7 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
     let s = |k: &str| info[k].as_str().unwrap_or_default().to_owned();
     let (direct, through, api_key, jwt) = (s("direct"), s("gateway"), s("api_key"), s("jwt"));
     let through_memory = s("gateway_memory");
+    let through_metering = s("gateway_metering");
     let bot = Jwk::parse(&info["bot_jwk"].to_string())?;
     let signer = Arc::new(
         oba_webbotauth::WebBotAuthSigner::new(&bot)?.with_signature_agent(&s("directory"))?,
@@ -534,6 +544,11 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
             "gateway, API key, memory recall (full-text search + injection)",
             through_memory.as_str(),
             Auth::ApiKeyRecall(api_key.clone()),
+        ),
+        (
+            "gateway, API key, metering on (a usage record per request to SQLite)",
+            through_metering.as_str(),
+            Auth::ApiKey(api_key.clone()),
         ),
     ];
     let mut max_key = 0.0;
@@ -586,6 +601,24 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
     println!("\nMemory off vs on (every turn written), same rate, interleaved windows:");
     println!("| gateway | p50 ms | p99 ms (pooled) | p99 ms (median of windows) | errors |\n|---|---:|---:|---:|---:|");
     for (name, s, p99) in [("memory off", off, off99), ("memory on", on, on99)] {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {} |",
+            s.p50.as_secs_f64() * 1e3,
+            s.p99.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            s.errors
+        );
+    }
+    let [(off, off99), (on, on99)] = open(
+        (&through, &Auth::ApiKey(api_key.clone())),
+        (&through_metering, &Auth::ApiKey(api_key.clone())),
+        half,
+        windows,
+    )
+    .await;
+    println!("\nMetering off vs on (every request recorded), same rate, interleaved windows:");
+    println!("| gateway | p50 ms | p99 ms (pooled) | p99 ms (median of windows) | errors |\n|---|---:|---:|---:|---:|");
+    for (name, s, p99) in [("metering off", off, off99), ("metering on", on, on99)] {
         println!(
             "| {name} | {:.2} | {:.2} | {:.2} | {} |",
             s.p50.as_secs_f64() * 1e3,
