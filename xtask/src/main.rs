@@ -567,64 +567,43 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
     }
     let half = max_key / 2.0;
     let windows = secs.max(3) as usize;
-    let [(d, d99), (g, g99)] = open(
-        (&direct, &Auth::None),
-        (&through, &Auth::ApiKey(api_key.clone())),
-        half,
-        windows,
-    )
-    .await;
-    println!("\nAt half the API-key maximum ({half:.0} req/s, open loop, {windows} one-second windows each, interleaved):");
-    println!("| path | p50 ms | p99 ms (pooled) | p99 ms (median of windows) | errors |\n|---|---:|---:|---:|---:|");
-    for (name, s, p99) in [("upstream directly", d, d99), ("gateway, API key", g, g99)] {
+    let key = Auth::ApiKey(api_key.clone());
+    let comparisons = [
+        (
+            format!("At half the API-key maximum ({half:.0} req/s, open loop, {windows} one-second windows each, interleaved):"),
+            ("upstream directly", direct.as_str(), Auth::None),
+            ("gateway, API key", through.as_str(), key.clone()),
+        ),
+        (
+            "Memory off vs on (every turn written), same rate, interleaved windows:".to_owned(),
+            ("memory off", through.as_str(), key.clone()),
+            ("memory on", through_memory.as_str(), key.clone()),
+        ),
+        (
+            "Metering off vs on (every request recorded), same rate, interleaved windows:"
+                .to_owned(),
+            ("metering off", through.as_str(), key.clone()),
+            ("metering on", through_metering.as_str(), key.clone()),
+        ),
+    ];
+    for (title, a, b) in comparisons {
+        let results = open((a.1, &a.2), (b.1, &b.2), half, windows).await;
+        println!("\n{title}");
+        println!("| path | p50 ms | p99 ms (pooled) | p99 ms (median of windows) | errors |\n|---|---:|---:|---:|---:|");
+        for (name, (s, p99)) in [a.0, b.0].into_iter().zip(&results) {
+            println!(
+                "| {name} | {:.2} | {:.2} | {:.2} | {} |",
+                s.p50.as_secs_f64() * 1e3,
+                s.p99.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+                s.errors
+            );
+        }
+        let [(s0, p0), (s1, p1)] = results;
         println!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {} |",
-            s.p50.as_secs_f64() * 1e3,
-            s.p99.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3,
-            s.errors
-        );
-    }
-    println!(
-        "added p99: {:.2} ms (median of windows), {:.2} ms (pooled)",
-        (g99.as_secs_f64() - d99.as_secs_f64()) * 1e3,
-        (g.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e3
-    );
-    // Memory's write path is off the request: the same gateway with and without it.
-    let [(off, off99), (on, on99)] = open(
-        (&through, &Auth::ApiKey(api_key.clone())),
-        (&through_memory, &Auth::ApiKey(api_key.clone())),
-        half,
-        windows,
-    )
-    .await;
-    println!("\nMemory off vs on (every turn written), same rate, interleaved windows:");
-    println!("| gateway | p50 ms | p99 ms (pooled) | p99 ms (median of windows) | errors |\n|---|---:|---:|---:|---:|");
-    for (name, s, p99) in [("memory off", off, off99), ("memory on", on, on99)] {
-        println!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {} |",
-            s.p50.as_secs_f64() * 1e3,
-            s.p99.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3,
-            s.errors
-        );
-    }
-    let [(off, off99), (on, on99)] = open(
-        (&through, &Auth::ApiKey(api_key.clone())),
-        (&through_metering, &Auth::ApiKey(api_key.clone())),
-        half,
-        windows,
-    )
-    .await;
-    println!("\nMetering off vs on (every request recorded), same rate, interleaved windows:");
-    println!("| gateway | p50 ms | p99 ms (pooled) | p99 ms (median of windows) | errors |\n|---|---:|---:|---:|---:|");
-    for (name, s, p99) in [("metering off", off, off99), ("metering on", on, on99)] {
-        println!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {} |",
-            s.p50.as_secs_f64() * 1e3,
-            s.p99.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3,
-            s.errors
+            "added p99: {:.2} ms (median of windows), {:.2} ms (pooled)",
+            (p1.as_secs_f64() - p0.as_secs_f64()) * 1e3,
+            (s1.p99.as_secs_f64() - s0.p99.as_secs_f64()) * 1e3
         );
     }
     let t_direct = ttfb(&direct, &Auth::None, 200).await;
