@@ -46,6 +46,11 @@ pub(crate) struct GatewayArgs {
     /// `postgres://` URL.
     #[arg(long, env = "OBA_GATEWAY_METERING")]
     metering: Option<String>,
+    /// Append every authentication and policy decision to this tamper-evident audit
+    /// trail: a JSON-lines file, or `sqlite:PATH` / a `postgres://` URL
+    /// (`oba audit verify` checks it).
+    #[arg(long, env = "OBA_GATEWAY_AUDIT")]
+    audit: Option<String>,
     /// Log format on standard error: `text` or `json` (one JSON object per line, with
     /// the request id and trace id of the request it belongs to).
     #[arg(long, env = "OBA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -182,6 +187,12 @@ fn run(args: GatewayArgs) -> Result<u8, Failure> {
             });
     }
     config.allow_insecure_directories |= args.allow_insecure_directories;
+    if let Some(store) = args.audit {
+        match &mut config.audit {
+            Some(a) => a.store = store,
+            None => config.audit = Some(attach_gateway::config::AuditConfig::new(&store)),
+        }
+    }
     if let Some(store) = args.metering {
         match &mut config.metering {
             Some(m) => m.store = store,

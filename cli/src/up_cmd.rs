@@ -10,7 +10,8 @@ use crate::{fail, write_private, Failure};
 /// `oba up`.
 #[derive(Args)]
 pub(crate) struct UpArgs {
-    /// Where the registry database, the gateway keys, the stamp key, memory and usage live.
+    /// Where the registry database, the gateway keys, the stamp key, memory, usage and the
+    /// audit trail live.
     #[arg(long, default_value = "oba-data")]
     data_dir: PathBuf,
     /// The model server.
@@ -88,6 +89,10 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
             "sqlite:{}",
             dir.join("usage.db").display()
         )));
+        // The audit trail, checkpoints signed with the stamp key.
+        config.audit = Some(attach_gateway::config::AuditConfig::new(
+            &dir.join("audit.jsonl").display().to_string(),
+        ));
         // Local quick start: every authenticated principal may call the model server.
         config.policy.push(attach_gateway::config::Rule::default());
         let gateway = attach_gateway::start(config).await.map_err(|e| fail(format!("gateway: {e}")))?;

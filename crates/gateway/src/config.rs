@@ -182,6 +182,44 @@ pub struct BudgetRule {
     pub tokens: Option<u64>,
 }
 
+/// The audit trail (`[audit]`): absent = off. Checkpoints are signed with the stamp key
+/// (published at `/.well-known/jwks.json`, which `oba audit verify --jwks` reads).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A JSON-lines file, or a database: `sqlite:PATH` / `postgres://...` (`db:` prefix
+    /// not needed; a value with `://` or starting with `sqlite:` is a database).
+    pub store: String,
+    /// A signed checkpoint after this many records (default 1000)...
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// ...or this many seconds after the first unsigned record (default 60).
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_secs: u64,
+    /// Record accepted authentications too (default true; rejections always are).
+    #[serde(default = "yes")]
+    pub accepted: bool,
+}
+
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_secs() -> u64 {
+    60
+}
+
+impl AuditConfig {
+    /// Defaults, with `store`.
+    pub fn new(store: &str) -> Self {
+        AuditConfig {
+            store: store.to_owned(),
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_secs: default_checkpoint_secs(),
+            accepted: true,
+        }
+    }
+}
+
 /// Metering (`[metering]`): absent = off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -398,6 +436,9 @@ pub struct GatewayConfig {
     /// The usage ledger (off when absent).
     #[serde(default)]
     pub metering: Option<MeteringConfig>,
+    /// The audit trail (off when absent).
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
     /// Budgets and rate limits (in Redis when `redis_url` is set).
     #[serde(default)]
     pub budgets: Vec<BudgetRule>,

@@ -78,6 +78,8 @@ pub enum Error {
 
 struct Inner {
     metrics: Arc<metrics::Metrics>,
+    audit: Option<oba_audit::AuditLog>,
+    audit_accepted: bool,
     directory: Arc<oba_webbotauth::client::DirectoryClient>,
     budgets: Option<budget::Budgets>,
     memory: Option<memory::Memory>,
@@ -102,6 +104,7 @@ pub struct Gateway {
     task: tokio::task::JoinHandle<()>,
     shutdown: Arc<tokio::sync::Notify>,
     writers: Vec<tokio::task::JoinHandle<()>>,
+    audit: Option<oba_audit::AuditLog>,
 }
 
 impl Gateway {
@@ -125,6 +128,11 @@ impl Gateway {
         }
         for w in self.writers.drain(..) {
             let _ = w.await;
+        }
+        if let Some(a) = self.audit.take() {
+            if let Err(e) = a.shutdown().await {
+                log(format_args!("audit: final checkpoint failed: {e}"));
+            }
         }
     }
 }
@@ -249,6 +257,10 @@ pub async fn start_with(
             .map_err(|e| Error::Config(e.to_string()))?,
     };
     let stamp = stamp::Stamper::new(&stamp_jwk).map_err(Error::Config)?;
+    let audit = match &config.audit {
+        Some(a) => Some(open_audit(a, &stamp_jwk).await.map_err(Error::Config)?),
+        None => None,
+    };
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
         .pool_idle_timeout(Duration::from_secs(90))
@@ -319,6 +331,8 @@ pub async fn start_with(
         )
     };
     let state = AppState(Arc::new(Inner {
+        audit: audit.clone(),
+        audit_accepted: config.audit.as_ref().is_some_and(|a| a.accepted),
         directory,
         budgets,
         memory,
@@ -351,6 +365,9 @@ pub async fn start_with(
                 }
                 if let Some(m) = &s.0.metering {
                     text.push_str(&m.outbox.stats.render("usage", "Usage records"));
+                }
+                if let Some(a) = &s.0.audit {
+                    text.push_str(&a.stats().render());
                 }
                 let (jwks_hits, jwks_fetches) = s.0.auth.oidc.cache_stats();
                 text.push_str(&metrics::key_fetches(
@@ -398,7 +415,50 @@ pub async fn start_with(
         task,
         shutdown,
         writers: memory_writer.into_iter().chain(metering_writer).collect(),
+        audit,
     })
+}
+
+/// Opens the audit trail: a JSON-lines file or a database, checkpoints signed with the
+/// stamp key.
+async fn open_audit(c: &config::AuditConfig, key: &Jwk) -> Result<oba_audit::AuditLog, String> {
+    let signer = oba_audit::CheckpointSigner::from_jwk(key).map_err(|e| e.to_string())?;
+    let settings = oba_audit::AuditConfig {
+        checkpoint_every: c.checkpoint_every.max(1),
+        checkpoint_interval: Duration::from_secs(c.checkpoint_secs.max(1)),
+        ..oba_audit::AuditConfig::default()
+    };
+    let database = c.store.contains("://") || c.store.starts_with("sqlite:");
+    let started = if database {
+        let sink = oba_audit::DbLog::connect(&c.store, None)
+            .await
+            .map_err(|e| format!("audit: {e}"))?;
+        oba_audit::AuditLog::start(sink, signer, settings).await
+    } else {
+        let sink = oba_audit::FileSink::open(&c.store).map_err(|e| format!("audit: {e}"))?;
+        oba_audit::AuditLog::start(sink, signer, settings).await
+    };
+    started.map_err(|e| format!("audit: {e}"))
+}
+
+/// Appends an audit event (never waits; see `oba_audit::AuditLog::record`).
+fn audit(s: &Inner, event: oba_audit::AuditEvent) {
+    if let Some(a) = &s.audit {
+        a.record(event);
+    }
+}
+
+/// Records a policy denial.
+fn audit_denied(s: &Inner, p: &Principal, route: &str, request_id: &str) {
+    let mut e = oba_audit::AuditEvent::now(oba_audit::Kind::PolicyDenied)
+        .with_actor(p.id.clone())
+        .with_auth_method(p.auth_method.as_str())
+        .with_route(route)
+        .with_request_id(request_id);
+    if let Some(t) = &p.tenant {
+        e = e.with_tenant(t.clone());
+    }
+    audit(s, e);
 }
 
 /// Deletes turns past their tenant's retention, hourly (reads already hide them).
@@ -553,6 +613,7 @@ async fn proxy(
 /// Authenticates a request (identity, then its Content-Digest against the body).
 async fn admit(
     s: &Inner,
+    request_id: &str,
     auth_method: &mut &'static str,
     method: &Method,
     uri: &Uri,
@@ -564,9 +625,33 @@ async fn admit(
     let principal = match s.auth.authenticate(&head, !body.is_empty(), now()).await {
         Ok(p) => {
             *auth_method = p.auth_method.as_str();
+            if s.audit_accepted {
+                let mut e = oba_audit::AuditEvent::now(oba_audit::Kind::AuthAccepted)
+                    .with_actor(p.id.clone())
+                    .with_auth_method(p.auth_method.as_str())
+                    .with_route(uri.path())
+                    .with_request_id(request_id);
+                if let Some(t) = &p.tenant {
+                    e = e.with_tenant(t.clone());
+                }
+                if let Some(k) = &p.key_id {
+                    e = e.with_key_id(k.clone());
+                }
+                if !body.is_empty() {
+                    e = e.with_sha256("body", body);
+                }
+                audit(s, e);
+            }
             p
         }
         Err(r) => {
+            audit(
+                s,
+                oba_audit::AuditEvent::now(oba_audit::Kind::AuthRejected)
+                    .with_reason(r.code.clone())
+                    .with_route(uri.path())
+                    .with_request_id(request_id),
+            );
             s.metrics.auth_failure(&r.code);
             log(format_args!(
                 "gateway: authentication refused: {} ({})",
@@ -611,11 +696,22 @@ async fn usage_api(
         );
     };
     let mut auth_method = "none";
-    let principal = match admit(s, &mut auth_method, &method, &uri, &headers, &[]).await {
+    let principal = match admit(
+        s,
+        &request_id,
+        &mut auth_method,
+        &method,
+        &uri,
+        &headers,
+        &[],
+    )
+    .await
+    {
         Ok(p) => p,
         Err((status, code, message)) => return fail(status, &code, &message),
     };
     if !policy::allows(&s.config.policy, &principal, metering::PATH, None) {
+        audit_denied(s, &principal, metering::PATH, &request_id);
         return fail(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -657,18 +753,40 @@ async fn memory_api(
                 "request body too large",
             );
         };
-        let principal = match admit(s, &mut auth_method, &method, &uri, &headers, &body).await {
+        let principal = match admit(
+            s,
+            &request_id,
+            &mut auth_method,
+            &method,
+            &uri,
+            &headers,
+            &body,
+        )
+        .await
+        {
             Ok(p) => p,
             Err((status, code, message)) => return fail(status, &code, &message),
         };
         if !policy::allows(&s.config.policy, &principal, memory::api::PREFIX, None) {
+            audit_denied(s, &principal, memory::api::PREFIX, &request_id);
             return fail(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "the policy does not allow this principal here",
             );
         }
-        match memory::api::handle(m, &principal, &method, uri.path(), uri.query(), &body).await {
+        match memory::api::handle(
+            m,
+            s.audit.as_ref(),
+            &principal,
+            &request_id,
+            &method,
+            uri.path(),
+            uri.query(),
+            &body,
+        )
+        .await
+        {
             Ok((status, v)) => {
                 let mut r = json_response(status, v);
                 if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -735,7 +853,7 @@ async fn proxy_inner(
         }
     };
     // 1. Identity.
-    let principal = match admit(s, auth_method, &method, &uri, &headers, &body).await {
+    let principal = match admit(s, &request_id, auth_method, &method, &uri, &headers, &body).await {
         Ok(p) => p,
         Err((status, code, message)) => return fail(status, &code, &message),
     };
@@ -749,6 +867,7 @@ async fn proxy_inner(
         .ok()
         .and_then(|m| m.model);
     if !policy::allows(&s.config.policy, &principal, path, model.as_deref()) {
+        audit_denied(s, &principal, path, &request_id);
         log(format_args!(
             "gateway: {request_id}: policy denied {} on {path}",
             principal.id

@@ -126,10 +126,38 @@ impl Ctx<'_> {
     }
 }
 
-/// Handles a memory API request for an authenticated, policy-allowed `principal`.
+/// Records an erasure or a membership change in the audit trail.
+fn audit(
+    log: Option<&oba_audit::AuditLog>,
+    kind: oba_audit::Kind,
+    principal: &Principal,
+    request_id: &str,
+    details: &[(&str, Value)],
+) {
+    if let Some(log) = log {
+        let mut e = oba_audit::AuditEvent::now(kind)
+            .with_actor(principal.id.clone())
+            .with_auth_method(principal.auth_method.as_str())
+            .with_route(PREFIX)
+            .with_request_id(request_id);
+        if let Some(t) = &principal.tenant {
+            e = e.with_tenant(t.clone());
+        }
+        for (k, v) in details {
+            e = e.with_detail(*k, v.clone());
+        }
+        log.record(e);
+    }
+}
+
+/// Handles a memory API request for an authenticated, policy-allowed `principal`;
+/// erasures and membership changes go to the audit trail, when there is one.
+#[allow(clippy::too_many_arguments)]
 pub async fn handle(
     memory: &Memory,
+    audit_log: Option<&oba_audit::AuditLog>,
     principal: &Principal,
+    request_id: &str,
     method: &Method,
     path: &str,
     query: Option<&str>,
@@ -214,6 +242,17 @@ pub async fn handle(
                     "memory: erased everything {} owns: {erased:?}",
                     principal.id
                 ));
+                audit(
+                    audit_log,
+                    oba_audit::Kind::MemoryErased,
+                    principal,
+                    request_id,
+                    &[
+                        ("turns", erased.turns.into()),
+                        ("spaces", erased.spaces.into()),
+                        ("memberships", erased.memberships.into()),
+                    ],
+                );
                 return Ok((StatusCode::OK, json!({ "erased": erased })));
             }
             let Some(session) = ctx.session(param("session"))? else {
@@ -226,6 +265,16 @@ pub async fn handle(
                 .delete_session(&ctx.tenant, &principal.id, &session)
                 .await
                 .map_err(store_error)?;
+            audit(
+                audit_log,
+                oba_audit::Kind::MemoryErased,
+                principal,
+                request_id,
+                &[
+                    ("session", Value::String(session.clone())),
+                    ("turns", n.into()),
+                ],
+            );
             Ok((StatusCode::OK, json!({ "deleted": n })))
         }
         ("GET", ["spaces"]) => {
@@ -301,6 +350,17 @@ pub async fn handle(
                 .await
                 .map_err(store_error)?;
             if removed {
+                audit(
+                    audit_log,
+                    oba_audit::Kind::SpaceMemberChanged,
+                    principal,
+                    request_id,
+                    &[
+                        ("space", Value::String((*name).to_owned())),
+                        ("member", Value::String((*member).to_owned())),
+                        ("right", Value::Null),
+                    ],
+                );
                 Ok((StatusCode::OK, json!({ "removed": member })))
             } else {
                 Err(not_found())
