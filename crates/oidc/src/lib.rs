@@ -222,8 +222,7 @@ impl OidcVerifier {
         if let Some((at, keys)) = &cached {
             let has_kid = kid.is_none_or(|k| keys.iter().any(|j| j.kid.as_deref() == Some(k)));
             if at.elapsed() < JWKS_TTL && (has_kid || at.elapsed() < REFETCH_MIN) {
-                self.hits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(keys.clone());
             }
         }
