@@ -211,6 +211,23 @@ impl Ledger {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 8 } else { 1 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        // WAL with NORMAL sync: a commit is one append, not two fsyncs.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .acquire_timeout(std::time::Duration::from_secs(2))
             .connect(&url)
             .await
@@ -237,40 +254,48 @@ impl Ledger {
 
     /// Records a batch in one transaction; a request id already recorded is ignored.
     pub async fn record(&self, records: &[UsageRecord]) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let placeholders: Vec<String> = (1..=22).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "INSERT INTO usage_records ({COLUMNS}) VALUES ({}) ON CONFLICT (request_id) DO NOTHING",
-            placeholders.join(", ")
-        );
         let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        for r in records {
-            sqlx::query(&sql)
-                .bind(&r.request_id)
-                .bind(r.time)
-                .bind(&r.principal_kind)
-                .bind(&r.principal)
-                .bind(&r.tenant)
-                .bind(r.agent.as_deref())
-                .bind(r.user.as_deref())
-                .bind(&r.auth_method)
-                .bind(r.session.as_deref())
-                .bind(&r.route)
-                .bind(&r.upstream)
-                .bind(r.model.as_deref())
-                .bind(i32::from(r.status))
-                .bind(int(r.prompt_tokens))
-                .bind(int(r.completion_tokens))
-                .bind(i32::from(r.exact))
-                .bind(int(r.latency_us))
-                .bind(r.upstream_ttfb_us.map(int))
-                .bind(int(r.bytes_in))
-                .bind(int(r.bytes_out))
-                .bind(i32::from(r.streamed))
-                .bind(i32::from(r.cancelled))
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // Multi-row inserts: 50 rows (1,100 parameters) a statement.
+        for chunk in records.chunks(50) {
+            // `$n` placeholders: both SQLite and PostgreSQL take them (`?` is SQLite's).
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=22).map(|j| format!("${}", i * 22 + j)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO usage_records ({COLUMNS}) VALUES {} ON CONFLICT (request_id) DO NOTHING",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(&r.request_id)
+                    .bind(r.time)
+                    .bind(&r.principal_kind)
+                    .bind(&r.principal)
+                    .bind(&r.tenant)
+                    .bind(r.agent.as_deref())
+                    .bind(r.user.as_deref())
+                    .bind(&r.auth_method)
+                    .bind(r.session.as_deref())
+                    .bind(&r.route)
+                    .bind(&r.upstream)
+                    .bind(r.model.as_deref())
+                    .bind(i32::from(r.status))
+                    .bind(int(r.prompt_tokens))
+                    .bind(int(r.completion_tokens))
+                    .bind(i32::from(r.exact))
+                    .bind(int(r.latency_us))
+                    .bind(r.upstream_ttfb_us.map(int))
+                    .bind(int(r.bytes_in))
+                    .bind(int(r.bytes_out))
+                    .bind(i32::from(r.streamed))
+                    .bind(i32::from(r.cancelled));
+            }
+            q.execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
     }

@@ -198,3 +198,18 @@ async fn an_unreachable_database_is_unavailable() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn large_batches_span_several_statements_and_stay_idempotent() {
+    let ledger = Ledger::connect("sqlite::memory:").await.unwrap();
+    let batch: Vec<UsageRecord> = (0..120)
+        .map(|i| rec(&format!("b{i}"), T0 + i, "key:a", "acme", "m", 1, 2))
+        .collect();
+    ledger.record(&batch).await.unwrap();
+    // The same 120 again, plus 10 new, in one call.
+    let mut again = batch.clone();
+    again.extend((120..130).map(|i| rec(&format!("b{i}"), T0 + i, "key:a", "acme", "m", 1, 2)));
+    ledger.record(&again).await.unwrap();
+    let rows = ledger.report(&Query::default()).await.unwrap();
+    assert_eq!((rows[0].requests, rows[0].completion_tokens), (130, 260));
+}

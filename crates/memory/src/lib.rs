@@ -38,6 +38,10 @@ pub mod sqlite;
 /// The most rows a list or search returns, whatever the caller asks.
 pub const MAX_LIMIT: usize = 1000;
 
+/// A search ranks the most recent turns of its scope (after the filter), at most this
+/// many: its cost is bounded however much a principal has said before.
+pub const SEARCH_WINDOW: usize = 5000;
+
 /// One conversation turn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Turn {
@@ -239,8 +243,8 @@ pub trait MemoryStore: Send + Sync + 'static {
     async fn append(&self, turns: &[Turn]) -> Result<()>;
     /// Turns in `scope`, newest first.
     async fn list(&self, scope: &Scope, filter: &Filter) -> Result<Vec<Turn>>;
-    /// Full-text search in `scope`, best first; words are matched (any of them), never
-    /// interpreted as query syntax.
+    /// Full-text search in `scope`, best first, among its [`SEARCH_WINDOW`] most recent
+    /// turns; words are matched (any of them), never interpreted as query syntax.
     async fn search(&self, scope: &Scope, query: &str, filter: &Filter) -> Result<Vec<Hit>>;
     /// Deletes turn `id` if `principal` of `tenant` wrote it.
     async fn delete(&self, tenant: &str, principal: &str, id: &str) -> Result<bool>;

@@ -312,10 +312,12 @@ impl MemoryStore for PgStore {
         if words.is_empty() || scope_has_nul(scope, filter) {
             return Ok(Vec::new());
         }
-        let mut qb = QueryBuilder::new(format!(
-            "SELECT {TURN_COLUMNS}, ts_rank(t.tsv, q.q)::float8 AS score \
-             FROM memory_turns t CROSS JOIN (SELECT "
-        ));
+        // Only the scope's most recent turns are ranked (bounded cost).
+        let mut qb = QueryBuilder::new("SELECT t.*, ts_rank(t.tsv, q.q)::float8 AS score FROM (SELECT * FROM memory_turns t WHERE TRUE");
+        push_scope(&mut qb, scope, filter);
+        qb.push(" ORDER BY t.created_at DESC LIMIT ")
+            .push_bind(crate::SEARCH_WINDOW as i64)
+            .push(") t CROSS JOIN (SELECT ");
         for (i, word) in words.into_iter().enumerate() {
             if i > 0 {
                 qb.push(" || ");
@@ -325,7 +327,6 @@ impl MemoryStore for PgStore {
                 .push(")");
         }
         qb.push(" AS q) q WHERE t.tsv @@ q.q");
-        push_scope(&mut qb, scope, filter);
         qb.push(" ORDER BY score DESC, t.created_at DESC, t.id DESC LIMIT ")
             .push_bind(filter.effective_limit() as i64);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(map_err)?;
