@@ -40,7 +40,7 @@ pub const MAX_LIMIT: usize = 1000;
 
 /// A search ranks the most recent turns of its scope (after the filter), at most this
 /// many: its cost is bounded however much a principal has said before.
-pub const SEARCH_WINDOW: usize = 5000;
+pub const SEARCH_WINDOW: usize = 2000;
 
 /// One conversation turn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -277,20 +277,29 @@ impl MemoryStore for SqliteStore {
         if words.is_empty() {
             return Ok(Vec::new());
         }
-        // The scope's most recent turns first (CROSS JOIN keeps that loop outside), then
-        // the full-text match by rowid: the cost is bounded by SEARCH_WINDOW, not by
-        // how often the words occur in the whole table.
-        let mut qb = QueryBuilder::new(
-            "SELECT t.*, bm25(memory_turns_fts) AS bm25_rank FROM (SELECT * FROM memory_turns t WHERE 1 = 1",
-        );
-        push_scope(&mut qb, scope, filter);
-        qb.push(" ORDER BY t.created_at DESC LIMIT ")
-            .push_bind(crate::SEARCH_WINDOW as i64)
-            .push(
-                ") t CROSS JOIN memory_turns_fts ON memory_turns_fts.rowid = t.seq \
-                 WHERE memory_turns_fts MATCH ",
-            )
+        // Bounded cost: only rows from the scope's SEARCH_WINDOW-th most recent turn on
+        // are ranked (FTS5 walks its posting lists from that rowid, rows are numbered
+        // in insertion order), however often the words occur in older turns.
+        let mut first = QueryBuilder::new("SELECT t.seq FROM memory_turns t WHERE 1 = 1");
+        push_scope(&mut first, scope, filter);
+        first
+            .push(" ORDER BY t.created_at DESC LIMIT 1 OFFSET ")
+            .push_bind(crate::SEARCH_WINDOW as i64 - 1);
+        let from: i64 = first
+            .build_query_scalar()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?
+            .unwrap_or(0);
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT {TURN_COLUMNS}, bm25(memory_turns_fts) AS bm25_rank \
+             FROM memory_turns_fts JOIN memory_turns t ON t.seq = memory_turns_fts.rowid \
+             WHERE memory_turns_fts.rowid >= "
+        ));
+        qb.push_bind(from)
+            .push(" AND memory_turns_fts MATCH ")
             .push_bind(fts_query(&words));
+        push_scope(&mut qb, scope, filter);
         qb.push(" ORDER BY bm25_rank ASC, t.created_at DESC, t.id DESC LIMIT ")
             .push_bind(filter.effective_limit() as i64);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(map_err)?;
