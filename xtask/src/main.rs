@@ -194,6 +194,10 @@ async fn stack() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
         "sqlite:{}",
         memory_dir.join("usage.db").display()
     )));
+    // Metering with the audit trail too (every authentication decision, chained).
+    with_metering.audit = Some(attach_gateway::config::AuditConfig::new(
+        &memory_dir.join("audit.jsonl").display().to_string(),
+    ));
     let gw = attach_gateway::start(config).await?;
     let gw_memory = attach_gateway::start(with_memory).await?;
     let gw_metering = attach_gateway::start(with_metering).await?;
@@ -546,7 +550,7 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
             Auth::ApiKeyRecall(api_key.clone()),
         ),
         (
-            "gateway, API key, metering on (a usage record per request to SQLite)",
+            "gateway, API key, metering and audit on (a usage record per request to SQLite, an audit record to a file)",
             through_metering.as_str(),
             Auth::ApiKey(api_key.clone()),
         ),
@@ -584,10 +588,10 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
             ("memory on", through_memory.as_str(), key.clone()),
         ),
         (
-            format!("Metering off vs on (every request recorded), at half the metering-on maximum ({half_metering:.0} req/s), interleaved windows:"),
+            format!("Metering and audit off vs on, at half the metering-on maximum ({half_metering:.0} req/s), interleaved windows:"),
             half_metering,
-            ("metering off", through.as_str(), key.clone()),
-            ("metering on", through_metering.as_str(), key.clone()),
+            ("metering and audit off", through.as_str(), key.clone()),
+            ("metering and audit on", through_metering.as_str(), key.clone()),
         ),
     ];
     for (title, rate, a, b) in comparisons {
