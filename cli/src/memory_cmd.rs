@@ -105,7 +105,6 @@ fn print_turns(turns: &[Value], scores: Option<&[f64]>) -> Result<(), Failure> {
 
 pub(crate) fn memory(args: MemoryArgs) -> Result<u8, Failure> {
     let base = format!("{}/attach/v1/memory", args.gateway.trim_end_matches('/'));
-    let client = reqwest::Client::new();
     let (method, url, body) = match &args.command {
         MemoryCommand::Ls {
             session,
@@ -155,13 +154,45 @@ pub(crate) fn memory(args: MemoryArgs) -> Result<u8, Failure> {
             (reqwest::Method::DELETE, u.to_string(), None)
         }
     };
+    let v = gateway_api(method, &url, args.token.as_deref(), body)?;
+    if args.json {
+        write_stdout(format!("{v:#}\n").as_bytes())?;
+        return Ok(0);
+    }
+    match &args.command {
+        MemoryCommand::Ls { .. } => print_turns(
+            v["turns"].as_array().map(Vec::as_slice).unwrap_or_default(),
+            None,
+        )?,
+        MemoryCommand::Search { .. } => {
+            let hits = v["hits"].as_array().cloned().unwrap_or_default();
+            let turns: Vec<Value> = hits.iter().map(|h| h["turn"].clone()).collect();
+            let scores: Vec<f64> = hits
+                .iter()
+                .map(|h| h["score"].as_f64().unwrap_or(0.0))
+                .collect();
+            print_turns(&turns, Some(&scores))?
+        }
+        MemoryCommand::Rm { .. } => write_stdout(format!("{v}\n").as_bytes())?,
+    }
+    Ok(0)
+}
+
+/// Calls the gateway's JSON API with a bearer credential; an error answer becomes a
+/// failure with its status, message and code (exit 1 for 404, else 2).
+pub(crate) fn gateway_api(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<Value, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| fail(e.to_string()))?;
     let (status, v) = rt.block_on(async {
-        let mut req = client.request(method, &url);
-        if let Some(t) = &args.token {
+        let mut req = reqwest::Client::new().request(method, url);
+        if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
@@ -187,25 +218,5 @@ pub(crate) fn memory(args: MemoryArgs) -> Result<u8, Failure> {
             ),
         });
     }
-    if args.json {
-        write_stdout(format!("{v:#}\n").as_bytes())?;
-        return Ok(0);
-    }
-    match &args.command {
-        MemoryCommand::Ls { .. } => print_turns(
-            v["turns"].as_array().map(Vec::as_slice).unwrap_or_default(),
-            None,
-        )?,
-        MemoryCommand::Search { .. } => {
-            let hits = v["hits"].as_array().cloned().unwrap_or_default();
-            let turns: Vec<Value> = hits.iter().map(|h| h["turn"].clone()).collect();
-            let scores: Vec<f64> = hits
-                .iter()
-                .map(|h| h["score"].as_f64().unwrap_or(0.0))
-                .collect();
-            print_turns(&turns, Some(&scores))?
-        }
-        MemoryCommand::Rm { .. } => write_stdout(format!("{v}\n").as_bytes())?,
-    }
-    Ok(0)
+    Ok(v)
 }

@@ -90,30 +90,12 @@ pub(crate) fn usage(args: UsageArgs) -> Result<u8, Failure> {
             q.append_pair("tenant", v);
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
-    let (status, v) = rt.block_on(async {
-        let mut req = reqwest::Client::new().get(url.as_str());
-        if let Some(t) = &args.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| fail(format!("{url}: {e}")))?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| fail(e.to_string()))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|_| fail(format!("{url}: {status}: not JSON: {text}")))?;
-        Ok::<_, Failure>((status, v))
-    })?;
-    if !status.is_success() {
-        let e = &v["error"];
-        return Err(fail(format!(
-            "{status}: {} ({})",
-            e["message"].as_str().unwrap_or("error"),
-            e["code"].as_str().unwrap_or("unknown")
-        )));
-    }
+    let v = crate::memory_cmd::gateway_api(
+        reqwest::Method::GET,
+        url.as_str(),
+        args.token.as_deref(),
+        None,
+    )?;
     let rows = v["rows"].as_array().cloned().unwrap_or_default();
     let cell = |r: &Value, c: &str| match &r[c] {
         Value::String(s) => s.clone(),
