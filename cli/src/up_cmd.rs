@@ -104,7 +104,7 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
             eprintln!("admin token written once to {} (mode 0600)", token_file.display());
         }
         eprintln!(
-            "\nquick start:\n  oba registry login --url {r} --token \"$(cat {t})\"\n  oba publish --name my-bot --key-out my-bot.jwk\n  oba request --key my-bot.jwk --signature-agent <signature_agent from publish> \\\n      -X POST -H 'Content-Type: application/json' \\\n      -d '{{\"model\":\"llama3.2\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}' \\\n      {g}/v1/chat/completions\n  # or an API key: oba gateway keys create me --file {k}  (restart oba up to load it)\n",
+            "\nquick start:\n  oba registry login --url {r} --token \"$(cat {t})\"\n  oba publish --name my-bot --key-out my-bot.jwk\n  oba request --key my-bot.jwk --signature-agent <signature_agent from publish> \\\n      -X POST -H 'Content-Type: application/json' \\\n      -d '{{\"model\":\"llama3.2\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}' \\\n      {g}/v1/chat/completions\n  # or an API key: oba gateway keys create me --file {k}  (in force within a second)\n",
             r = registry.public_url,
             t = token_file.display(),
             k = dir.join("gateway-keys.jsonl").display(),

@@ -103,6 +103,28 @@ impl ApiKeys {
     }
 }
 
+/// What changed between two loads of a key file: keys that became active, keys that were
+/// revoked or removed.
+pub fn changes<'a>(
+    before: &'a ApiKeys,
+    after: &'a ApiKeys,
+) -> (Vec<&'a ApiKeyEntry>, Vec<&'a ApiKeyEntry>) {
+    let active =
+        |k: &'a ApiKeys| -> Vec<&'a ApiKeyEntry> { k.list().filter(|e| !e.revoked).collect() };
+    let (old, new) = (active(before), active(after));
+    let created = new
+        .iter()
+        .filter(|e| !old.iter().any(|o| o.name == e.name && o.hash == e.hash))
+        .copied()
+        .collect();
+    let revoked = old
+        .iter()
+        .filter(|o| !new.iter().any(|e| e.name == o.name && e.hash == o.hash))
+        .copied()
+        .collect();
+    (created, revoked)
+}
+
 /// Creates a key named `name`, appends its hash to `path` (created 0600), returns the key.
 pub fn create(path: &Path, name: &str, tenant: Option<&str>, now: i64) -> Result<String, String> {
     if name.is_empty()

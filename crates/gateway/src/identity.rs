@@ -149,7 +149,7 @@ pub struct Authenticator {
     /// Signing service accounts.
     pub services: Vec<ServiceKey>,
     /// API keys.
-    pub api_keys: ApiKeys,
+    pub api_keys: std::sync::RwLock<ApiKeys>,
     /// Replay store (all signed methods), consulted after verification.
     pub replay: crate::replay::ReplayStore,
     /// Refuse signed requests without a nonce.
@@ -196,7 +196,12 @@ impl Authenticator {
                 )
             })?;
             if token.starts_with("oba_") {
-                let e = self.api_keys.check(token).ok_or_else(|| {
+                let found = self
+                    .api_keys
+                    .read()
+                    .ok()
+                    .and_then(|k| k.check(token).cloned());
+                let e = found.ok_or_else(|| {
                     reject(
                         StatusCode::UNAUTHORIZED,
                         "unknown_api_key",

@@ -340,7 +340,7 @@ pub async fn start_with(
         auth: identity::Authenticator {
             bots: Arc::new(bots),
             services,
-            api_keys,
+            api_keys: std::sync::RwLock::new(api_keys),
             replay,
             require_nonce: config.require_nonce,
             oidc,
@@ -393,6 +393,9 @@ pub async fn start_with(
         .with_state(state.clone());
     if state.0.memory.is_some() {
         tokio::spawn(retention(Arc::downgrade(&state.0)));
+    }
+    if let Some(path) = state.0.config.api_key_file.clone() {
+        tokio::spawn(watch_api_keys(Arc::downgrade(&state.0), path));
     }
     drop(state);
     let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -459,6 +462,55 @@ fn audit_denied(s: &Inner, p: &Principal, route: &str, request_id: &str) {
         e = e.with_tenant(t.clone());
     }
     audit(s, e);
+}
+
+/// Reloads the API key file when it changes (`oba gateway keys create|revoke` take
+/// effect without a restart) and records each key created or revoked in the audit trail.
+/// A file that no longer parses is refused and the keys in force stay.
+async fn watch_api_keys(state: std::sync::Weak<Inner>, path: std::path::PathBuf) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut seen = stamp(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(s) = state.upgrade() else { return };
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let fresh = match apikeys::ApiKeys::load(&path) {
+            Ok(k) => k,
+            Err(e) => {
+                log(format_args!("gateway: API key file not reloaded: {e}"));
+                continue;
+            }
+        };
+        let Ok(mut keys) = s.auth.api_keys.write() else {
+            return;
+        };
+        let (created, revoked) = apikeys::changes(&keys, &fresh);
+        for (kind, list) in [
+            (oba_audit::Kind::KeyCreated, created),
+            (oba_audit::Kind::KeyRevoked, revoked),
+        ] {
+            for e in list {
+                let mut ev = oba_audit::AuditEvent::now(kind.clone())
+                    .with_actor(format!("key:{}", e.name))
+                    .with_auth_method("api-key")
+                    .with_hash("key", e.hash.clone());
+                if let Some(t) = &e.tenant {
+                    ev = ev.with_tenant(t.clone());
+                }
+                audit(&s, ev);
+            }
+        }
+        *keys = fresh;
+    }
 }
 
 /// Deletes turns past their tenant's retention, hourly (reads already hide them).

@@ -182,3 +182,92 @@ async fn decisions_are_chained_signed_and_verifiable() {
         report.summary()
     );
 }
+
+/// Keys created or revoked with `oba gateway keys` take effect while the gateway runs,
+/// and each change is in the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_file_changes_take_effect_and_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = axum::Router::new().route("/v1/models", axum::routing::get(|| async { "{}" }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let keys = dir.path().join("keys.jsonl");
+    std::fs::write(&keys, "").unwrap();
+    let trail = dir.path().join("audit.jsonl");
+    let gw = attach_gateway::start(GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        upstreams: vec![Upstream {
+            name: "up".into(),
+            url: upstream,
+            kind: UpstreamKind::Openai,
+            models: vec![],
+        }],
+        api_key_file: Some(keys.clone()),
+        policy: vec![Rule::default()],
+        audit: Some(AuditConfig::new(trail.to_str().unwrap())),
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}/v1/models", gw.addr);
+    let status = |key: String| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let wait_for = |key: String, want: u16| {
+        let status = &status;
+        async move {
+            for _ in 0..100 {
+                if status(key.clone()).await == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("never {want}");
+        }
+    };
+    let key = attach_gateway::apikeys::create(&keys, "ci", Some("acme"), 0).unwrap();
+    wait_for(key.clone(), 200).await;
+    attach_gateway::apikeys::revoke(&keys, "ci").unwrap();
+    wait_for(key.clone(), 401).await;
+    // A key file broken by hand is refused; the keys in force stay.
+    let other = attach_gateway::apikeys::create(&keys, "other", None, 0).unwrap();
+    wait_for(other.clone(), 200).await;
+    std::fs::write(&keys, "not json\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(status(other).await, 200, "the last good keys stay in force");
+    gw.shutdown(std::time::Duration::from_secs(5)).await;
+
+    let text = std::fs::read_to_string(&trail).unwrap();
+    let changes: Vec<(String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"].as_str().is_some_and(|k| k.starts_with("key.")))
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_owned(),
+                r["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("key.created", "key:ci"),
+        ("key.revoked", "key:ci"),
+        ("key.created", "key:other"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(changes, want);
+    assert!(!text.contains(&key), "never the key itself");
+}
