@@ -19,11 +19,63 @@ const BATCH: usize = 256;
 /// How often a non-empty journal is retried.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// Why a sink did not take a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkError {
+    /// The store is not answering: retry later (the batch is journaled).
+    Unavailable(String),
+    /// The store refused the content: retrying the same items will not help. The batch
+    /// is retried item by item and the items refused alone are set aside.
+    Rejected(String),
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkError::Unavailable(m) => write!(f, "unavailable: {m}"),
+            SinkError::Rejected(m) => write!(f, "rejected: {m}"),
+        }
+    }
+}
+
 /// Where a batch goes. Must be idempotent (an item written twice is stored once).
 #[async_trait::async_trait]
 pub trait Sink<T>: Send + Sync + 'static {
     /// Writes the batch (it may fill in fields first, e.g. embeddings).
-    async fn write(&self, batch: &mut [T]) -> Result<(), String>;
+    async fn write(&self, batch: &mut [T]) -> Result<(), SinkError>;
+}
+
+/// Writes `batch`; when the sink rejects it, item by item, returning the items it
+/// refused alone (to set aside). `Err` only when the sink is unavailable.
+async fn write_or_split<T: Send + 'static>(
+    sink: &dyn Sink<T>,
+    batch: &mut [T],
+) -> Result<Vec<usize>, SinkError> {
+    match sink.write(batch).await {
+        Ok(()) => Ok(Vec::new()),
+        Err(SinkError::Unavailable(m)) => Err(SinkError::Unavailable(m)),
+        Err(SinkError::Rejected(_)) if batch.len() == 1 => Ok(vec![0]),
+        Err(SinkError::Rejected(_)) => {
+            let mut refused = Vec::new();
+            for i in 0..batch.len() {
+                match sink.write(&mut batch[i..=i]).await {
+                    Ok(()) => {}
+                    Err(SinkError::Rejected(_)) => refused.push(i),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(refused)
+        }
+    }
+}
+
+/// Creates (0600: journals hold conversation text) or opens for appending.
+fn open_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
 }
 
 /// The append-only journal.
@@ -31,6 +83,8 @@ pub trait Sink<T>: Send + Sync + 'static {
 pub struct Journal<T> {
     path: PathBuf,
     lock: Mutex<()>,
+    /// Set by every append: the writer task then replays.
+    dirty: std::sync::atomic::AtomicBool,
     _items: PhantomData<fn(T)>,
 }
 
@@ -40,6 +94,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Journal<T> {
         Journal {
             path,
             lock: Mutex::new(()),
+            dirty: std::sync::atomic::AtomicBool::new(false),
             _items: PhantomData,
         }
     }
@@ -47,6 +102,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Journal<T> {
     /// Appends and syncs `items`.
     pub async fn append(&self, items: Vec<T>) -> std::io::Result<()> {
         let _g = self.lock.lock().await;
+        self.dirty.store(true, Ordering::Relaxed);
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
@@ -55,10 +111,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Journal<T> {
                 serde_json::to_writer(&mut text, t)?;
                 text.push(b'\n');
             }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
+            let mut f = open_private(&path)?;
             f.write_all(&text)?;
             f.sync_data()
         })
@@ -91,23 +144,40 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Journal<T> {
             }
         }
         for chunk in items.chunks_mut(BATCH) {
-            sink.write(chunk).await?;
+            for i in write_or_split(sink, chunk)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                serde_json::to_writer(&mut bad, &chunk[i]).map_err(|e| e.to_string())?;
+                bad.push(b'\n');
+            }
         }
         if !bad.is_empty() {
-            use tokio::io::AsyncWriteExt;
-            let mut f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.path.with_extension("bad"))
-                .await
-                .map_err(|e| e.to_string())?;
-            f.write_all(&bad).await.map_err(|e| e.to_string())?;
+            self.set_aside(bad).await.map_err(|e| e.to_string())?;
         }
         let f = tokio::fs::File::create(&self.path)
             .await
             .map_err(|e| e.to_string())?;
         f.sync_all().await.map_err(|e| e.to_string())?;
         Ok(items.len())
+    }
+
+    /// Appends lines the store refused (or that do not parse) to `<journal>.bad`, for a
+    /// person to look at; they are never retried.
+    async fn set_aside(&self, lines: Vec<u8>) -> std::io::Result<()> {
+        let path = self.path.with_extension("bad");
+        crate::log(format_args!(
+            "outbox: items the store refused were set aside in {}",
+            path.display()
+        ));
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = open_private(&path)?;
+            f.write_all(&lines)?;
+            f.sync_data()
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Bytes in the journal (0 when absent).
@@ -225,6 +295,8 @@ async fn run<T: Serialize + DeserializeOwned + Send + 'static>(
     let mut pending_journal = journal.bytes().await > 0;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
+        // Items the request path journaled itself (queue full).
+        pending_journal |= journal.dirty.swap(false, Ordering::Relaxed);
         if pending_journal {
             if let Ok(n) = journal.replay(sink.as_ref()).await {
                 stats.replayed.fetch_add(n as i64, Ordering::Relaxed);
@@ -250,9 +322,22 @@ async fn run<T: Serialize + DeserializeOwned + Send + 'static>(
         stats.queued.fetch_sub(got as i64, Ordering::Relaxed);
         // While the journal holds items, new ones go after them (order kept).
         if !pending_journal {
-            match sink.write(&mut batch).await {
-                Ok(()) => {
-                    stats.stored.fetch_add(got as i64, Ordering::Relaxed);
+            match write_or_split(sink.as_ref(), &mut batch).await {
+                Ok(refused) => {
+                    let mut lines = Vec::new();
+                    for i in &refused {
+                        if serde_json::to_writer(&mut lines, &batch[*i]).is_ok() {
+                            lines.push(b'\n');
+                        }
+                    }
+                    if !lines.is_empty() {
+                        if let Err(e) = journal.set_aside(lines).await {
+                            crate::log(format_args!("outbox: refused items lost: {e}"));
+                        }
+                    }
+                    stats
+                        .stored
+                        .fetch_add((got - refused.len()) as i64, Ordering::Relaxed);
                     continue;
                 }
                 Err(e) => crate::log(format_args!("outbox: write failed, journaling: {e}")),
@@ -261,11 +346,103 @@ async fn run<T: Serialize + DeserializeOwned + Send + 'static>(
         match journal.append(std::mem::take(&mut batch)).await {
             Ok(()) => {
                 stats.journaled.fetch_add(got as i64, Ordering::Relaxed);
+                // Our own append: the replay below takes it.
+                journal.dirty.store(false, Ordering::Relaxed);
                 pending_journal = true;
             }
             Err(e) => crate::log(format_args!(
                 "outbox: journal write failed, {got} items lost: {e}"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Stores strings; refuses any containing "bad"; can be made unavailable.
+    #[derive(Default)]
+    struct Fake {
+        stored: std::sync::Mutex<Vec<String>>,
+        down: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink<String> for Fake {
+        async fn write(&self, batch: &mut [String]) -> Result<(), SinkError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(SinkError::Unavailable("down".into()));
+            }
+            if batch.iter().any(|s| s.contains("bad")) {
+                return Err(SinkError::Rejected("bad item".into()));
+            }
+            self.stored.lock().unwrap().extend(batch.iter().cloned());
+            Ok(())
+        }
+    }
+
+    async fn until(f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition never met");
+    }
+
+    #[tokio::test]
+    async fn a_refused_item_is_set_aside_and_never_blocks_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Fake::default());
+        let journal = dir.path().join("j");
+        // The store is down first: everything is journaled, the poison item included.
+        sink.down.store(true, Ordering::Relaxed);
+        let (outbox, task) = Outbox::start(sink.clone(), journal.clone(), 16);
+        for s in ["a", "bad", "b"] {
+            outbox.send(s.to_owned());
+        }
+        until(|| outbox.stats.journaled.load(Ordering::Relaxed) == 3).await;
+        sink.down.store(false, Ordering::Relaxed);
+        until(|| sink.stored.lock().unwrap().len() == 2).await;
+        outbox.send("c".into());
+        drop(outbox);
+        task.await.unwrap();
+        assert_eq!(*sink.stored.lock().unwrap(), ["a", "b", "c"]);
+        assert_eq!(
+            std::fs::read_to_string(journal.with_extension("bad")).unwrap(),
+            "\"bad\"\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&journal).unwrap(),
+            "",
+            "the journal emptied"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "journals hold conversation text");
+        }
+    }
+
+    #[tokio::test]
+    async fn items_that_overflowed_the_queue_are_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Fake::default());
+        let (outbox, task) = Outbox::start(sink.clone(), dir.path().join("j"), 1);
+        // A queue of one: most of these go to the journal from the request path.
+        for i in 0..50 {
+            outbox.send(format!("item-{i}"));
+        }
+        until(|| sink.stored.lock().unwrap().len() == 50).await;
+        drop(outbox);
+        task.await.unwrap();
+        let mut got = sink.stored.lock().unwrap().clone();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 50, "each item stored");
     }
 }

@@ -17,11 +17,14 @@ pub struct TurnSink {
 
 #[async_trait::async_trait]
 impl crate::outbox::Sink<Turn> for TurnSink {
-    async fn write(&self, batch: &mut [Turn]) -> Result<(), String> {
+    async fn write(&self, batch: &mut [Turn]) -> Result<(), crate::outbox::SinkError> {
         if let Some(e) = &self.embedder {
             embed(e, batch).await;
         }
-        self.store.append(batch).await.map_err(|e| e.to_string())
+        self.store.append(batch).await.map_err(|e| match e {
+            oba_memory::StoreError::Unavailable(m) => crate::outbox::SinkError::Unavailable(m),
+            e => crate::outbox::SinkError::Rejected(e.to_string()),
+        })
     }
 }
 

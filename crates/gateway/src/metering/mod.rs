@@ -26,8 +26,11 @@ struct LedgerSink(Ledger);
 
 #[async_trait::async_trait]
 impl Sink<UsageRecord> for LedgerSink {
-    async fn write(&self, batch: &mut [UsageRecord]) -> Result<(), String> {
-        self.0.record(batch).await.map_err(|e| e.to_string())
+    async fn write(&self, batch: &mut [UsageRecord]) -> Result<(), crate::outbox::SinkError> {
+        self.0.record(batch).await.map_err(|e| match e {
+            oba_ledger::LedgerError::Unavailable(m) => crate::outbox::SinkError::Unavailable(m),
+            e => crate::outbox::SinkError::Rejected(e.to_string()),
+        })
     }
 }
 
