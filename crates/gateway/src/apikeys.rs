@@ -73,7 +73,7 @@ impl ApiKeys {
         let mut entries = Vec::new();
         for e in by_name {
             let mut h = [0u8; 32];
-            if e.hash.len() != 64 {
+            if e.hash.len() != 64 || !e.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("{}: bad hash for {:?}", path.display(), e.name));
             }
             for (i, byte) in h.iter_mut().enumerate() {
@@ -101,6 +101,13 @@ impl ApiKeys {
         }
         found
     }
+}
+
+/// A key file's length and modification time (`None` when absent), to notice changes.
+pub fn file_state(path: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()))
 }
 
 /// What changed between two loads of a key file: keys that became active, keys that were
@@ -182,6 +189,20 @@ fn append(path: &Path, e: &ApiKeyEntry) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_that_is_not_hex_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        // 64 bytes, but multi-byte characters: slicing by byte would panic.
+        let hash = "é".repeat(32);
+        std::fs::write(
+            &p,
+            format!("{{\"name\":\"x\",\"hash\":\"{hash}\",\"created_at\":0}}\n"),
+        )
+        .unwrap();
+        assert!(ApiKeys::load(&p).unwrap_err().contains("bad hash"));
+    }
 
     #[test]
     fn create_check_revoke() {

@@ -112,8 +112,8 @@ impl Gateway {
     pub async fn wait(self) {
         let _ = self.task.await;
     }
-    /// Stops serving at once (in-flight requests are cut; queued memory turns are
-    /// still written by the writer task, which drains in the background).
+    /// Stops accepting at once (connections already open run to their end; queued
+    /// memory turns and usage records are still written in the background).
     pub fn stop(&self) {
         self.task.abort();
     }
@@ -126,8 +126,14 @@ impl Gateway {
             self.task.abort();
             let _ = (&mut self.task).await;
         }
+        // The writers end when the last request holding their queue ends; a client
+        // that stops reading a stream must not hold shutdown forever.
         for w in self.writers.drain(..) {
-            let _ = w.await;
+            if tokio::time::timeout(grace, w).await.is_err() {
+                log(format_args!(
+                    "gateway: shutdown: a writer still had requests in flight after the grace period; what it had queued is in its journal or lost"
+                ));
+            }
         }
         if let Some(a) = self.audit.take() {
             if let Err(e) = a.shutdown().await {
@@ -197,6 +203,8 @@ pub async fn start_with(
     for u in &config.upstreams {
         url::Url::parse(&u.url).map_err(|e| Error::Config(format!("upstream {}: {e}", u.name)))?;
     }
+    // The key file's state when it is read: the watcher reloads on any change after.
+    let key_file_seen = config.api_key_file.as_deref().map(apikeys::file_state);
     let api_keys = match &config.api_key_file {
         Some(p) => apikeys::ApiKeys::load(p).map_err(Error::Config)?,
         None => apikeys::ApiKeys::default(),
@@ -395,7 +403,11 @@ pub async fn start_with(
         tokio::spawn(retention(Arc::downgrade(&state.0)));
     }
     if let Some(path) = state.0.config.api_key_file.clone() {
-        tokio::spawn(watch_api_keys(Arc::downgrade(&state.0), path));
+        tokio::spawn(watch_api_keys(
+            Arc::downgrade(&state.0),
+            path,
+            key_file_seen.flatten(),
+        ));
     }
     drop(state);
     let shutdown = Arc::new(tokio::sync::Notify::new());
@@ -467,18 +479,16 @@ fn audit_denied(s: &Inner, p: &Principal, route: &str, request_id: &str) {
 /// Reloads the API key file when it changes (`oba gateway keys create|revoke` take
 /// effect without a restart) and records each key created or revoked in the audit trail.
 /// A file that no longer parses is refused and the keys in force stay.
-async fn watch_api_keys(state: std::sync::Weak<Inner>, path: std::path::PathBuf) {
-    let stamp = |p: &std::path::Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok()))
-    };
-    let mut seen = stamp(&path);
+async fn watch_api_keys(
+    state: std::sync::Weak<Inner>,
+    path: std::path::PathBuf,
+    mut seen: Option<(u64, Option<std::time::SystemTime>)>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let Some(s) = state.upgrade() else { return };
-        let now = stamp(&path);
+        let now = apikeys::file_state(&path);
         if now == seen {
             continue;
         }
