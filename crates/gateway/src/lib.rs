@@ -1198,7 +1198,16 @@ async fn proxy_inner(
             // upstream error).
             let (prompt, completion) = match seen.reply.counts {
                 Some(c) => (c.prompt, if success { c.completion } else { 0 }),
-                None if success => (prompt_estimate, metering::estimate(seen.reply.text.len())),
+                // Cut text (or an answer too large to keep): the bytes sent are the
+                // upper bound.
+                None if success => (
+                    prompt_estimate,
+                    metering::estimate(if seen.reply.truncated {
+                        seen.bytes_out as usize
+                    } else {
+                        seen.reply.text.len()
+                    }),
+                ),
                 None => (0, 0),
             };
             meters.tokens(model.as_deref(), prompt, completion);

@@ -153,6 +153,8 @@ pub struct Reply {
     pub complete: bool,
     /// The upstream's token counts, if it reported them.
     pub counts: Option<crate::metering::usage::Counts>,
+    /// The text was cut at the size cap (or a whole answer was too large to keep).
+    pub truncated: bool,
 }
 
 /// Reassembles the assistant's reply (chat routes) and the upstream's token counts (any
@@ -190,15 +192,24 @@ impl Reassembler {
 
     /// Feeds a chunk.
     pub fn push(&mut self, chunk: &[u8]) {
-        if self.overflow {
+        let cap = self.max.saturating_mul(4).max(1 << 20);
+        if self.framing == Framing::Json {
+            // A whole answer past the cap is not kept: no text, and no counts (the
+            // caller then estimates from the bytes sent).
+            if !self.overflow {
+                self.pending.extend_from_slice(chunk);
+                if self.pending.len() > cap {
+                    self.overflow = true;
+                    self.pending = Vec::new();
+                }
+            }
             return;
         }
+        // Streams: past the text cap, lines are still read for the counts.
         self.pending.extend_from_slice(chunk);
-        if self.framing != Framing::Json {
-            while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=i).collect();
-                self.line(&line);
-            }
+        while let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=i).collect();
+            self.line(&line);
         }
         if self.reply.len() > self.max {
             let mut cut = self.max;
@@ -208,8 +219,8 @@ impl Reassembler {
             self.reply.truncate(cut);
             self.overflow = true;
         }
-        if self.pending.len() > self.max.saturating_mul(4).max(1 << 16) {
-            // A line (or JSON body) far past the cap: stop keeping it.
+        if self.pending.len() > cap {
+            // One line far past the cap: dropped.
             self.overflow = true;
             self.pending.clear();
         }
@@ -242,6 +253,9 @@ impl Reassembler {
         if let Some(c) = crate::metering::usage::counts_in(&v) {
             self.counts = Some(c);
         }
+        if self.overflow {
+            return;
+        }
         if let Some(piece) = self.route.and_then(|r| reply_piece(r, &v, true)) {
             self.reply.push_str(&piece);
         }
@@ -261,6 +275,7 @@ impl Reassembler {
                     counts: parsed.as_ref().and_then(crate::metering::usage::counts_in),
                     complete: stream_ended && parsed.is_some() && !self.overflow,
                     text,
+                    truncated: self.overflow,
                 }
             }
             _ => {
@@ -273,6 +288,7 @@ impl Reassembler {
                     complete: stream_ended && !self.overflow && self.finished,
                     text: self.reply,
                     counts: self.counts,
+                    truncated: self.overflow,
                 }
             }
         }
@@ -417,6 +433,21 @@ mod tests {
             done(r, true),
             ("Hi th".to_owned(), false),
             "over the cap: cut, incomplete"
+        );
+        // Past the cap the counts are still read.
+        let mut r = Reassembler::new(Some(ChatRoute::ChatCompletions), Framing::Sse, 3);
+        r.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"long reply\"}}]}\n\n");
+        r.push(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":9}}\n\n",
+        );
+        let reply = r.finish(true);
+        assert_eq!((reply.text.as_str(), reply.truncated), ("lon", true));
+        assert_eq!(
+            reply.counts,
+            Some(crate::metering::usage::Counts {
+                prompt: 2,
+                completion: 9
+            })
         );
         let mut r = Reassembler::new(Some(ChatRoute::Responses), Framing::Sse, 8);
         r.push(stream.as_bytes());
