@@ -109,6 +109,7 @@ impl Budgets {
         let (max, set, messages) = match body {
             Some(v) => {
                 let (max, set) = max_tokens(path, v, self.default_max_tokens);
+                let max = max.saturating_mul(outputs(path, v));
                 let messages = v
                     .get("messages")
                     .and_then(Value::as_array)
@@ -171,6 +172,20 @@ impl Budgets {
     }
 }
 
+/// How many outputs of up to `max_tokens` each the request asks for: `n` / `best_of`
+/// choices, times the prompts of a `/v1/completions` prompt array.
+pub fn outputs(path: &str, body: &Value) -> u64 {
+    let get = |k: &str| body.get(k).and_then(Value::as_u64).unwrap_or(1).max(1);
+    let choices = get("n").max(get("best_of"));
+    let prompts = match (path, body.get("prompt")) {
+        ("/v1/completions", Some(Value::Array(a))) if !a.is_empty() && !a[0].is_number() => {
+            a.len() as u64
+        }
+        _ => 1,
+    };
+    choices.saturating_mul(prompts)
+}
+
 /// The request's maximum output tokens; when it names none, `default` is set on it so
 /// the upstream stops there (the flag says so).
 pub fn max_tokens(path: &str, body: &mut Value, default: u64) -> (u64, bool) {
@@ -214,6 +229,22 @@ pub fn max_tokens(path: &str, body: &mut Value, default: u64) -> (u64, bool) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn several_outputs_multiply_the_reservation() {
+        assert_eq!(outputs("/v1/chat/completions", &json!({"n": 4})), 4);
+        assert_eq!(
+            outputs(
+                "/v1/completions",
+                &json!({"n": 2, "best_of": 5, "prompt": ["a", "b", "c"]})
+            ),
+            15
+        );
+        // A prompt of token ids is one prompt.
+        assert_eq!(outputs("/v1/completions", &json!({"prompt": [1, 2, 3]})), 1);
+        assert_eq!(outputs("/api/chat", &json!({"messages": []})), 1);
+        assert_eq!(outputs("/v1/chat/completions", &json!({"n": 0})), 1);
+    }
 
     #[test]
     fn max_tokens_read_or_set_per_protocol() {

@@ -970,37 +970,6 @@ async fn proxy_inner(
             }
         }
     }
-    // Budgets: the request's largest cost reserved, all or nothing.
-    if let Some(b) = &s.budgets {
-        if parsed.is_none() {
-            parsed = serde_json::from_slice(&body).ok();
-        }
-        let prompt = parsed.as_ref().map_or(body.len(), metering::prompt_bytes);
-        match b
-            .reserve(&principal, path, parsed.as_mut(), prompt, memory::now_ms())
-            .await
-        {
-            Ok(None) => {}
-            Ok(Some((r, set_max))) => {
-                pending.reservation = Some(r);
-                body_changed |= set_max;
-            }
-            Err(((status, code, message, retry_after), reason)) => {
-                s.metrics.budget_refusal(match reason {
-                    Some(oba_budget::Reason::Requests) => "requests",
-                    Some(_) => "tokens",
-                    None => "unavailable",
-                });
-                let mut r = fail(status, code, &message);
-                if let Some(v) =
-                    retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
-                {
-                    r.headers_mut().insert("retry-after", v);
-                }
-                return r;
-            }
-        }
-    }
     // 3. Memory: what this request may record and recall (the scope is the principal's).
     let mut memory_turn = None;
     if let Some(m) = &s.memory {
@@ -1041,6 +1010,38 @@ async fn proxy_inner(
                 turn.model = model.clone();
                 turn.user = user;
                 memory_turn = Some((plan, turn));
+            }
+        }
+    }
+    // Budgets: the request's largest cost (recalled memory included) reserved, all or
+    // nothing.
+    if let Some(b) = &s.budgets {
+        if parsed.is_none() {
+            parsed = serde_json::from_slice(&body).ok();
+        }
+        let prompt = parsed.as_ref().map_or(body.len(), metering::prompt_bytes);
+        match b
+            .reserve(&principal, path, parsed.as_mut(), prompt, memory::now_ms())
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some((r, set_max))) => {
+                pending.reservation = Some(r);
+                body_changed |= set_max;
+            }
+            Err(((status, code, message, retry_after), reason)) => {
+                s.metrics.budget_refusal(match reason {
+                    Some(oba_budget::Reason::Requests) => "requests",
+                    Some(_) => "tokens",
+                    None => "unavailable",
+                });
+                let mut r = fail(status, code, &message);
+                if let Some(v) =
+                    retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+                {
+                    r.headers_mut().insert("retry-after", v);
+                }
+                return r;
             }
         }
     }
