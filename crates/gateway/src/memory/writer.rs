@@ -21,7 +21,42 @@ impl crate::outbox::Sink<Turn> for TurnSink {
         if let Some(e) = &self.embedder {
             embed(e, batch).await;
         }
-        self.store.append(batch).await.map_err(|e| match e {
+        // A turn for a space that is gone, or was created again after the turn (a
+        // replay after an erasure), must not land in whatever now has that name.
+        let mut keep = Vec::with_capacity(batch.len());
+        for t in batch.iter() {
+            let ok = match &t.space {
+                None => true,
+                Some(name) => match self.store.space(&t.tenant, name).await {
+                    Ok(Some(s)) => s.created_at <= t.created_at,
+                    Ok(None) => false,
+                    Err(oba_memory::StoreError::Unavailable(m)) => {
+                        return Err(crate::outbox::SinkError::Unavailable(m))
+                    }
+                    Err(_) => false,
+                },
+            };
+            if !ok {
+                crate::log(format_args!(
+                    "memory: turn {} dropped: its space no longer exists as it was",
+                    t.id
+                ));
+            }
+            keep.push(ok);
+        }
+        let kept: Vec<Turn>;
+        let turns: &[Turn] = if keep.iter().all(|k| *k) {
+            batch
+        } else {
+            kept = batch
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(t, _)| t.clone())
+                .collect();
+            &kept
+        };
+        self.store.append(turns).await.map_err(|e| match e {
             oba_memory::StoreError::Unavailable(m) => crate::outbox::SinkError::Unavailable(m),
             e => crate::outbox::SinkError::Rejected(e.to_string()),
         })
@@ -44,5 +79,55 @@ async fn embed(embedder: &Embedder, turns: &mut [Turn]) {
             }
         }
         Err(e) => crate::log(format_args!("memory: embeddings skipped: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Sink;
+    use oba_memory::{Filter, Scope};
+
+    #[tokio::test]
+    async fn a_turn_never_lands_in_a_later_space_of_the_same_name() {
+        let store = Arc::new(oba_memory::sqlite::SqliteStore::in_memory().await.unwrap());
+        store
+            .create_space("acme", "team", "key:a", 1_000)
+            .await
+            .unwrap();
+        let sink = TurnSink {
+            store: store.clone(),
+            embedder: None,
+        };
+        let turn = |id: &str, space: &str, at: i64| {
+            let mut t =
+                Turn::new(id, "acme", "key:b", "/v1/chat/completions", at).with_text("q", "a");
+            t.space = Some(space.into());
+            t
+        };
+        let mut batch = vec![
+            turn("old", "team", 500),   // written into an earlier "team" (replayed late)
+            turn("new", "team", 2_000), // written into this one
+            turn("ghost", "gone", 2_000),
+            Turn::new("own", "acme", "key:b", "/v1/chat/completions", 2_000).with_text("q", "a"),
+        ];
+        sink.write(&mut batch).await.unwrap();
+        let space = Scope::Space {
+            tenant: "acme".into(),
+            space: "team".into(),
+        };
+        let ids: Vec<String> = store
+            .list(&space, &Filter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, ["new"]);
+        let own = Scope::Own {
+            tenant: "acme".into(),
+            principal: "key:b".into(),
+        };
+        assert_eq!(store.list(&own, &Filter::default()).await.unwrap().len(), 1);
     }
 }
