@@ -1182,7 +1182,25 @@ pub async fn erase_principal<S: MemoryStore + ?Sized>(store: &S) {
             .await,
     );
 
+    check_eq(
+        C,
+        "no erasure recorded yet",
+        ok(C, "erased_at", store.erased_at(&t, p).await),
+        None,
+    );
+    let before = crate::now_ms();
     let erased = ok(C, "erase", store.erase(&t, p).await);
+    let at = ok(C, "erased_at", store.erased_at(&t, p).await);
+    assert!(
+        at.is_some_and(|at| at >= before && at <= crate::now_ms()),
+        "memory conformance [{C}]: erased_at {at:?} is not the time of the erasure"
+    );
+    check_eq(
+        C,
+        "another principal has no erasure",
+        ok(C, "erased_at", store.erased_at(&t, "user:nobody").await),
+        None,
+    );
     check_eq(
         C,
         "erase counts",

@@ -251,8 +251,13 @@ pub trait MemoryStore: Send + Sync + 'static {
     /// Deletes the turns `principal` wrote in `session` (outside spaces); returns how many.
     async fn delete_session(&self, tenant: &str, principal: &str, session: &str) -> Result<u64>;
     /// Erases everything `principal` owns: the turns it wrote (spaces included), the
-    /// spaces it owns (with their turns and members) and its memberships.
+    /// spaces it owns (with their turns and members) and its memberships; and records
+    /// when ([`MemoryStore::erased_at`]).
     async fn erase(&self, tenant: &str, principal: &str) -> Result<Erased>;
+    /// When `principal` of `tenant` last erased everything ([`MemoryStore::erase`]),
+    /// unix ms: a turn created before that and written after (from a queue or a journal)
+    /// must be dropped by the writer.
+    async fn erased_at(&self, tenant: &str, principal: &str) -> Result<Option<i64>>;
     /// Deletes the turns of `tenant` (every tenant when `None`) created before `before`
     /// (unix ms); returns how many.
     async fn expire(&self, tenant: Option<&str>, before: i64) -> Result<u64>;
@@ -299,4 +304,12 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     } else {
         dot / (na.sqrt() * nb.sqrt())
     }
+}
+
+/// Unix ms now (the erasure marker's clock).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

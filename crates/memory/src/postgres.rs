@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS memory_members (
     FOREIGN KEY (tenant, space) REFERENCES memory_spaces (tenant, name) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS memory_members_principal ON memory_members (tenant, principal);
+CREATE TABLE IF NOT EXISTS memory_erasures (
+    tenant    TEXT COLLATE "C" NOT NULL,
+    principal TEXT COLLATE "C" NOT NULL,
+    erased_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, principal)
+);
 "#;
 
 /// Advisory lock key serializing schema creation ("oba-mem" in ASCII).
@@ -413,12 +419,33 @@ impl MemoryStore for PgStore {
             .await
             .map_err(map_err)?
             .rows_affected();
+        sqlx::query(
+            "INSERT INTO memory_erasures (tenant, principal, erased_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant, principal) DO UPDATE SET erased_at = excluded.erased_at",
+        )
+        .bind(tenant)
+        .bind(principal)
+        .bind(crate::now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(Erased {
             turns,
             spaces,
             memberships,
         })
+    }
+
+    async fn erased_at(&self, tenant: &str, principal: &str) -> Result<Option<i64>> {
+        sqlx::query_scalar(
+            "SELECT erased_at FROM memory_erasures WHERE tenant = $1 AND principal = $2",
+        )
+        .bind(tenant)
+        .bind(principal)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)
     }
 
     async fn expire(&self, tenant: Option<&str>, before: i64) -> Result<u64> {

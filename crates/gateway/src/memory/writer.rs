@@ -23,22 +23,44 @@ impl crate::outbox::Sink<Turn> for TurnSink {
         }
         // A turn for a space that is gone, or was created again after the turn (a
         // replay after an erasure), must not land in whatever now has that name.
-        let mut keep = Vec::with_capacity(batch.len());
+        // Erasure: a turn older than its principal's last erasure (still queued or
+        // journaled when the erasure ran) is not written.
+        let mut erased: Vec<((String, String), Option<i64>)> = Vec::new();
         for t in batch.iter() {
-            let ok = match &t.space {
-                None => true,
-                Some(name) => match self.store.space(&t.tenant, name).await {
-                    Ok(Some(s)) => s.created_at <= t.created_at,
-                    Ok(None) => false,
+            let k = (t.tenant.clone(), t.principal.clone());
+            if !erased.iter().any(|(e, _)| *e == k) {
+                let at = match self.store.erased_at(&t.tenant, &t.principal).await {
+                    Ok(at) => at,
                     Err(oba_memory::StoreError::Unavailable(m)) => {
                         return Err(crate::outbox::SinkError::Unavailable(m))
                     }
-                    Err(_) => false,
-                },
-            };
+                    Err(_) => None,
+                };
+                erased.push((k, at));
+            }
+        }
+        let mut keep = Vec::with_capacity(batch.len());
+        for t in batch.iter() {
+            let after_erasure = erased
+                .iter()
+                .find(|((tn, p), _)| *tn == t.tenant && *p == t.principal)
+                .and_then(|(_, at)| *at)
+                .is_none_or(|at| t.created_at > at);
+            let ok = after_erasure
+                && match &t.space {
+                    None => true,
+                    Some(name) => match self.store.space(&t.tenant, name).await {
+                        Ok(Some(s)) => s.created_at <= t.created_at,
+                        Ok(None) => false,
+                        Err(oba_memory::StoreError::Unavailable(m)) => {
+                            return Err(crate::outbox::SinkError::Unavailable(m))
+                        }
+                        Err(_) => false,
+                    },
+                };
             if !ok {
                 crate::log(format_args!(
-                    "memory: turn {} dropped: its space no longer exists as it was",
+                    "memory: turn {} dropped: erased since, or its space no longer exists as it was",
                     t.id
                 ));
             }
@@ -129,5 +151,22 @@ mod tests {
             principal: "key:b".into(),
         };
         assert_eq!(store.list(&own, &Filter::default()).await.unwrap().len(), 1);
+        // key:b erases everything; a turn of theirs from before the erasure, written
+        // late, stays erased; a later one is kept.
+        store.erase("acme", "key:b").await.unwrap();
+        let at = store.erased_at("acme", "key:b").await.unwrap().unwrap();
+        let mut late = vec![
+            Turn::new("late", "acme", "key:b", "/v1/chat/completions", at - 1).with_text("q", "a"),
+            Turn::new("after", "acme", "key:b", "/v1/chat/completions", at + 1).with_text("q", "a"),
+        ];
+        sink.write(&mut late).await.unwrap();
+        let ids: Vec<String> = store
+            .list(&own, &Filter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, ["after"]);
     }
 }
