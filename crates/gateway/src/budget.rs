@@ -161,14 +161,7 @@ impl Budgets {
 
     /// Settles a reservation with the tokens used, in the background.
     pub fn settle(&self, r: oba_budget::Reservation, tokens: u64) {
-        let limiter = self.limiter.clone();
-        tokio::spawn(async move {
-            if let Err(e) = limiter.settle(r, tokens).await {
-                crate::log(format_args!(
-                    "budget: settle failed (the reservation stands): {e}"
-                ));
-            }
-        });
+        settle(self.limiter.clone(), r, tokens);
     }
 }
 
@@ -184,6 +177,18 @@ pub fn outputs(path: &str, body: &Value) -> u64 {
         _ => 1,
     };
     choices.saturating_mul(prompts)
+}
+
+/// Settles `r` with `tokens` on `limiter`, in the background (the response has ended;
+/// nobody waits for it). A failure leaves the reservation standing (never undercounts).
+pub fn settle(limiter: Arc<dyn Limiter>, r: oba_budget::Reservation, tokens: u64) {
+    tokio::spawn(async move {
+        if let Err(e) = limiter.settle(r, tokens).await {
+            crate::log(format_args!(
+                "budget: settle failed (the reservation stands): {e}"
+            ));
+        }
+    });
 }
 
 /// The request's maximum output tokens; when it names none, `default` is set on it so

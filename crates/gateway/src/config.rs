@@ -211,12 +211,7 @@ fn default_checkpoint_secs() -> u64 {
 impl AuditConfig {
     /// Defaults, with `store`.
     pub fn new(store: &str) -> Self {
-        AuditConfig {
-            store: store.to_owned(),
-            checkpoint_every: default_checkpoint_every(),
-            checkpoint_secs: default_checkpoint_secs(),
-            accepted: true,
-        }
+        with_store(store)
     }
 }
 
@@ -238,11 +233,7 @@ pub struct MeteringConfig {
 impl MeteringConfig {
     /// Defaults, with `store`.
     pub fn new(store: &str) -> Self {
-        MeteringConfig {
-            store: store.to_owned(),
-            journal: None,
-            queue_capacity: default_queue(),
-        }
+        with_store(store)
     }
 }
 
@@ -325,25 +316,17 @@ fn default_half_life() -> f64 {
 }
 
 impl MemoryConfig {
-    /// Defaults, with `store` (`sqlite:PATH`, `sqlite::memory:`, `postgres://...`).
+    /// Defaults, with `store`.
     pub fn new(store: &str) -> Self {
-        MemoryConfig {
-            store: store.to_owned(),
-            postgres_schema: None,
-            journal: None,
-            default_mode: default_mode(),
-            route_modes: Default::default(),
-            max_mode: max_mode(),
-            recall_budget_tokens: default_budget(),
-            recall_limit: default_recall_limit(),
-            queue_capacity: default_queue(),
-            max_turn_bytes: default_turn_bytes(),
-            retention_days: 0,
-            tenant_retention_days: Default::default(),
-            embedding: None,
-            recency_half_life_days: default_half_life(),
-        }
+        with_store(store)
     }
+}
+
+/// A section with only `store` set: every other field from its serde default, so the
+/// defaults are written once.
+fn with_store<T: serde::de::DeserializeOwned>(store: &str) -> T {
+    let text = format!("store = {}", toml::Value::String(store.to_owned()));
+    toml::from_str(&text).expect("a section with only `store` is valid")
 }
 
 fn default_mode() -> MemoryMode {
@@ -510,6 +493,28 @@ mod tests {
         assert_eq!(m.tenant_retention_days["acme"], 30);
         assert_eq!(c.service_accounts[0].name, "batch-job");
         assert!(c.require_nonce);
+    }
+
+    #[test]
+    fn sections_made_from_a_store_have_the_serde_defaults() {
+        let odd = "sqlite:/tmp/a \"b\" \\c.db";
+        let m = MemoryConfig::new(odd);
+        assert_eq!(m.store, odd, "any path survives quoting");
+        assert_eq!(
+            (m.default_mode, m.max_mode),
+            (MemoryMode::Write, MemoryMode::Recall)
+        );
+        assert_eq!(
+            (m.recall_budget_tokens, m.recall_limit, m.queue_capacity),
+            (1024, 8, 10_000)
+        );
+        assert_eq!(m.recency_half_life_days, 7.0);
+        assert_eq!(MeteringConfig::new("x").queue_capacity, 10_000);
+        let a = AuditConfig::new("audit.jsonl");
+        assert_eq!(
+            (a.checkpoint_every, a.checkpoint_secs, a.accepted),
+            (1000, 60, true)
+        );
     }
 
     #[test]

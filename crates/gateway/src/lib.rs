@@ -740,6 +740,30 @@ async fn admit(
     Ok(principal)
 }
 
+/// The gateway's own APIs: the same authentication, then the policy on `route`; a
+/// refusal is the JSON error response (a denial also goes to the audit trail).
+async fn admit_api(
+    s: &Inner,
+    request_id: &str,
+    auth_method: &mut &'static str,
+    (method, uri, headers, body): (&Method, &Uri, &HeaderMap, &[u8]),
+    route: &str,
+) -> Result<Principal, Response> {
+    let fail = |status, code: &str, msg: &str| error(status, code, msg, request_id, &s.public_url);
+    let principal = admit(s, request_id, auth_method, method, uri, headers, body)
+        .await
+        .map_err(|(status, code, message)| fail(status, &code, &message))?;
+    if !policy::allows(&s.config.policy, &principal, route, None) {
+        audit_denied(s, &principal, route, request_id);
+        return Err(fail(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the policy does not allow this principal here",
+        ));
+    }
+    Ok(principal)
+}
+
 /// The usage API: the same authentication and policy (route `/attach/v1/usage`).
 async fn usage_api(
     State(state): State<AppState>,
@@ -758,28 +782,18 @@ async fn usage_api(
         );
     };
     let mut auth_method = "none";
-    let principal = match admit(
+    let principal = match admit_api(
         s,
         &request_id,
         &mut auth_method,
-        &method,
-        &uri,
-        &headers,
-        &[],
+        (&method, &uri, &headers, &[]),
+        metering::PATH,
     )
     .await
     {
         Ok(p) => p,
-        Err((status, code, message)) => return fail(status, &code, &message),
+        Err(r) => return r,
     };
-    if !policy::allows(&s.config.policy, &principal, metering::PATH, None) {
-        audit_denied(s, &principal, metering::PATH, &request_id);
-        return fail(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the policy does not allow this principal here",
-        );
-    }
     let scope = policy::usage_scope(&s.config.policy, &principal, metering::PATH);
     match metering::report(m, &principal, scope, uri.query()).await {
         Ok((status, v)) => json_response(status, v),
@@ -815,28 +829,18 @@ async fn memory_api(
                 "request body too large",
             );
         };
-        let principal = match admit(
+        let principal = match admit_api(
             s,
             &request_id,
             &mut auth_method,
-            &method,
-            &uri,
-            &headers,
-            &body,
+            (&method, &uri, &headers, &body),
+            memory::api::PREFIX,
         )
         .await
         {
             Ok(p) => p,
-            Err((status, code, message)) => return fail(status, &code, &message),
+            Err(r) => return r,
         };
-        if !policy::allows(&s.config.policy, &principal, memory::api::PREFIX, None) {
-            audit_denied(s, &principal, memory::api::PREFIX, &request_id);
-            return fail(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the policy does not allow this principal here",
-            );
-        }
         match memory::api::handle(
             m,
             s.audit.as_ref(),
@@ -919,15 +923,27 @@ async fn proxy_inner(
         Ok(p) => p,
         Err((status, code, message)) => return fail(status, &code, &message),
     };
-    // 2. Policy.
-    // Only `model` is read: the rest of the body is skipped, not built into a tree.
+    // 2. Policy. The body is parsed once: as a tree when a later stage (metering,
+    // budgets, memory on a chat route) reads or changes it, else only for `model`.
     #[derive(serde::Deserialize)]
     struct ModelOnly {
         model: Option<String>,
     }
-    let model = serde_json::from_slice::<ModelOnly>(&body)
-        .ok()
-        .and_then(|m| m.model);
+    let needs_tree = s.metering.is_some()
+        || s.budgets.is_some()
+        || (s.memory.is_some() && memory::capture::ChatRoute::of(path).is_some());
+    let mut parsed: Option<serde_json::Value> = if needs_tree {
+        serde_json::from_slice(&body).ok()
+    } else {
+        None
+    };
+    let model = match &parsed {
+        Some(v) => v.get("model").and_then(|m| m.as_str()).map(str::to_owned),
+        None if needs_tree => None,
+        None => serde_json::from_slice::<ModelOnly>(&body)
+            .ok()
+            .and_then(|m| m.model),
+    };
     if !policy::allows(&s.config.policy, &principal, path, model.as_deref()) {
         audit_denied(s, &principal, path, &request_id);
         log(format_args!(
@@ -942,7 +958,6 @@ async fn proxy_inner(
     }
     // Metering: the record is filled in as the request goes, sent when it ends.
     let upstream = upstream_for(&s.config, model.as_deref());
-    let mut parsed: Option<serde_json::Value> = None;
     let mut body_changed = false;
     let mut strip_usage = false;
     let mut prompt_estimate = 0;
@@ -959,7 +974,6 @@ async fn proxy_inner(
         r.model = model.clone();
         r.bytes_in = body.len() as u64;
         pending.meter = Some(r);
-        parsed = serde_json::from_slice(&body).ok();
         if let Some(v) = parsed.as_mut() {
             prompt_estimate = metering::estimate(metering::prompt_bytes(v));
             // Exact counts for OpenAI-style streams: ask for the usage chunk, and take it
@@ -984,9 +998,6 @@ async fn proxy_inner(
             Err((status, code, message)) => return fail(status, code, &message),
             Ok(None) => {}
             Ok(Some(plan)) => {
-                if parsed.is_none() {
-                    parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
-                }
                 let user = parsed
                     .as_ref()
                     .map(|v| memory::capture::user_text(plan.route, v))
@@ -1016,9 +1027,6 @@ async fn proxy_inner(
     // Budgets: the request's largest cost (recalled memory included) reserved, all or
     // nothing.
     if let Some(b) = &s.budgets {
-        if parsed.is_none() {
-            parsed = serde_json::from_slice(&body).ok();
-        }
         let prompt = parsed.as_ref().map_or(body.len(), metering::prompt_bytes);
         match b
             .reserve(&principal, path, parsed.as_mut(), prompt, memory::now_ms())
@@ -1213,13 +1221,7 @@ async fn proxy_inner(
             };
             meters.tokens(model.as_deref(), prompt, completion);
             if let Some((limiter, r)) = reservation {
-                tokio::spawn(async move {
-                    if let Err(e) = limiter.settle(r, prompt + completion).await {
-                        log(format_args!(
-                            "budget: settle failed (the reservation stands): {e}"
-                        ));
-                    }
-                });
+                budget::settle(limiter, r, prompt + completion);
             }
             if let Some((outbox, mut r)) = record {
                 r.status = status;
