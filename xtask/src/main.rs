@@ -156,8 +156,10 @@ async fn stack() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let jwt = format!("{h}.{p}.{}", b64(&sig));
 
     // The gateway.
-    let dir = tempfile::tempdir()?;
-    let keyfile = dir.path().join("keys.jsonl");
+    // Kept while the stack runs: the gateways watch their key file (a removed file
+    // revokes every key).
+    let dir = tempfile::tempdir()?.keep();
+    let keyfile = dir.join("keys.jsonl");
     let api_key = attach_gateway::apikeys::create(&keyfile, "bench", None, unix())?;
     let config = attach_gateway::GatewayConfig {
         listen: "127.0.0.1:0".into(),
@@ -201,8 +203,6 @@ async fn stack() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let gw = attach_gateway::start(config).await?;
     let gw_memory = attach_gateway::start(with_memory).await?;
     let gw_metering = attach_gateway::start(with_metering).await?;
-    // The gateway read its key file at start; it keeps running in the background.
-    drop(dir);
     let info = serde_json::json!({
         "direct": format!("{upstream}/v1/chat/completions"),
         "gateway": format!("http://{}/v1/chat/completions", gw.addr),

@@ -478,7 +478,8 @@ fn audit_denied(s: &Inner, p: &Principal, route: &str, request_id: &str) {
 
 /// Reloads the API key file when it changes (`oba gateway keys create|revoke` take
 /// effect without a restart) and records each key created or revoked in the audit trail.
-/// A file that no longer parses is refused and the keys in force stay.
+/// A file that no longer parses is refused and the keys in force stay; a file that is
+/// removed revokes every key (fail closed), each revocation audited.
 async fn watch_api_keys(
     state: std::sync::Weak<Inner>,
     path: std::path::PathBuf,

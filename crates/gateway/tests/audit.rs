@@ -245,7 +245,14 @@ async fn key_file_changes_take_effect_and_are_audited() {
     wait_for(other.clone(), 200).await;
     std::fs::write(&keys, "not json\n").unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(status(other).await, 200, "the last good keys stay in force");
+    assert_eq!(
+        status(other.clone()).await,
+        200,
+        "the last good keys stay in force"
+    );
+    // A removed key file revokes every key (fail closed).
+    std::fs::remove_file(&keys).unwrap();
+    wait_for(other, 401).await;
     gw.shutdown(std::time::Duration::from_secs(5)).await;
 
     let text = std::fs::read_to_string(&trail).unwrap();
@@ -264,6 +271,7 @@ async fn key_file_changes_take_effect_and_are_audited() {
         ("key.created", "key:ci"),
         ("key.revoked", "key:ci"),
         ("key.created", "key:other"),
+        ("key.revoked", "key:other"),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
