@@ -464,6 +464,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// Waits until the gateways behind these chat URLs have written everything they queued
+/// (their `*_queue_depth` gauges at 0), at most a minute, then a second more.
+async fn settle(chat_urls: &[&str]) {
+    let client = reqwest::Client::new();
+    for url in chat_urls {
+        let metrics = url.replace("/v1/chat/completions", "/metrics");
+        for _ in 0..600 {
+            let text = match client.get(&metrics).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => break,
+            };
+            let busy = text
+                .lines()
+                .any(|l| l.contains("_queue_depth") && !l.starts_with('#') && !l.ends_with(" 0"));
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
 /// Kills the stack process when the benchmark ends, however it ends.
 struct Child(std::process::Child);
 
@@ -596,7 +619,7 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
     ];
     for (title, rate, a, b) in comparisons {
         // Let background writers (memory turns, usage records) catch up first.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        settle(&[&through_memory, &through_metering]).await;
         let results = open((a.1, &a.2), (b.1, &b.2), rate, windows).await;
         println!("\n{title}");
         println!("| path | p50 ms | p99 ms (pooled) | p99 ms (median of windows) | errors |\n|---|---:|---:|---:|---:|");
