@@ -413,6 +413,13 @@ pub struct GatewayConfig {
     /// Longest silence inside an upstream response (a stalled stream), seconds (default 300).
     #[serde(default = "default_idle")]
     pub idle_timeout_secs: u64,
+    /// When metering or budgets are on and a client leaves a response early, the rest of
+    /// the upstream's answer is read (and discarded) for up to this long, so the tokens it
+    /// generated are billed and settled exactly from the counts it sends last; seconds
+    /// (default 120). `0`: the upstream connection is closed at once (which stops most
+    /// model servers generating) and the output is estimated from what passed.
+    #[serde(default = "default_drain")]
+    pub disconnect_drain_secs: u64,
     /// Conversation memory (off when absent).
     #[serde(default)]
     pub memory: Option<MemoryConfig>,
@@ -452,6 +459,9 @@ fn default_connect() -> u64 {
 }
 fn default_idle() -> u64 {
     300
+}
+fn default_drain() -> u64 {
+    120
 }
 fn default_first_byte() -> u64 {
     60

@@ -89,6 +89,8 @@ struct Inner {
     stamp: Arc<stamp::Stamper>,
     http: reqwest::Client,
     public_url: String,
+    /// Turns true when the gateway shuts down.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Clone)]
@@ -103,6 +105,8 @@ pub struct Gateway {
     pub stamp_public_jwk: Jwk,
     task: tokio::task::JoinHandle<()>,
     shutdown: Arc<tokio::sync::Notify>,
+    /// Tells background drains (see [`tap::Drain`]) to end.
+    closing: tokio::sync::watch::Sender<bool>,
     writers: Vec<tokio::task::JoinHandle<()>>,
     audit: Option<oba_audit::AuditLog>,
 }
@@ -126,6 +130,9 @@ impl Gateway {
             self.task.abort();
             let _ = (&mut self.task).await;
         }
+        // Responses whose client left are no longer read for their counts: they are
+        // recorded with what passed.
+        self.closing.send_replace(true);
         // The writers end when the last request holding their queue ends; a client
         // that stops reading a stream must not hold shutdown forever.
         for w in self.writers.drain(..) {
@@ -338,7 +345,9 @@ pub async fn start_with(
                 .map_err(Error::Config)?,
         )
     };
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let state = AppState(Arc::new(Inner {
+        closing: closing_rx,
         audit: audit.clone(),
         audit_accepted: config.audit.as_ref().is_some_and(|a| a.accepted),
         directory,
@@ -429,6 +438,7 @@ pub async fn start_with(
         stamp_public_jwk,
         task,
         shutdown,
+        closing,
         writers: memory_writer.into_iter().chain(metering_writer).collect(),
         audit,
     })
@@ -1196,6 +1206,13 @@ async fn proxy_inner(
             .map_or(256 * 1024, |m| m.config.max_turn_bytes);
         let parser =
             memory::capture::Reassembler::new(memory::capture::ChatRoute::of(path), framing, max);
+        // A client leaving early: the rest is read for exact counts (billing, budgets).
+        let drain = (s.config.disconnect_drain_secs > 0
+            && (record.is_some() || reservation.is_some()))
+        .then(|| tap::Drain {
+            limit: Duration::from_secs(s.config.disconnect_drain_secs),
+            stop: s.closing.clone(),
+        });
         let on_end = move |seen: tap::Seen| {
             if let Some((writer, mut turn)) = turn {
                 turn.assistant = seen.reply.text.clone();
@@ -1221,6 +1238,9 @@ async fn proxy_inner(
                 None => (0, 0),
             };
             meters.tokens(model.as_deref(), prompt, completion);
+            if !seen.ended {
+                meters.disconnect(seen.reply.counts.is_some());
+            }
             if let Some((limiter, r)) = reservation {
                 budget::settle(limiter, r, prompt + completion);
             }
@@ -1241,6 +1261,7 @@ async fn proxy_inner(
             parser,
             strip_usage,
             length,
+            drain,
             Box::new(on_end),
         ))
     };

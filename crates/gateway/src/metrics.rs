@@ -58,6 +58,7 @@ pub struct Metrics {
     upstream_ttfb: Mutex<BTreeMap<&'static str, Hist>>,
     tokens: Mutex<BTreeMap<(&'static str, String), u64>>,
     budget_refusals: Mutex<BTreeMap<&'static str, u64>>,
+    disconnects: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, m: &Mutex<BTreeMap<&'static str, Hist>>) {
@@ -144,6 +145,14 @@ impl Metrics {
         }
     }
 
+    /// A client that left a metered or budgeted response early; `exact`: its counts came
+    /// from the upstream (read before it left or drained after).
+    pub fn disconnect(&self, exact: bool) {
+        if let Ok(mut m) = self.disconnects.lock() {
+            *m.entry(if exact { "exact" } else { "estimated" }).or_default() += 1;
+        }
+    }
+
     /// Counts an authentication failure (`reason` is one of the gateway's codes).
     pub fn auth_failure(&self, reason: &str) {
         if let Ok(mut m) = self.auth_failures.lock() {
@@ -197,6 +206,15 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "attach_budget_refusals_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP attach_client_disconnects_total Metered responses the client left early, by how their tokens were counted.\n# TYPE attach_client_disconnects_total counter\n");
+        if let Ok(m) = self.disconnects.lock() {
+            for (counts, n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "attach_client_disconnects_total{{counts=\"{counts}\"}} {n}"
                 );
             }
         }

@@ -52,13 +52,20 @@ async fn upstream(seen: Seen) -> String {
                         return json(200, answer);
                     }
                     let chunk = |t: &str| json!({"choices": [{"index": 0, "delta": {"content": t}}]});
-                    if model == "slow" {
-                        // One chunk, then a long pause: the client leaves during it.
+                    if model == "slow" || model == "hang" {
+                        // One chunk, then a pause the client leaves during; then the
+                        // rest, with the usage when asked ("hang": the pause is 30 s).
+                        let pause = Duration::from_millis(if model == "slow" { 400 } else { 30_000 });
                         let first = format!("data: {}\n\n", chunk("Partial"));
+                        let mut rest = vec![chunk(" answer")];
+                        if v["stream_options"]["include_usage"] == json!(true) {
+                            rest.push(json!({"choices": [], "usage": usage}));
+                        }
+                        let rest = sse(&rest);
                         let s = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) })
-                            .chain(futures_util::stream::once(async {
-                                tokio::time::sleep(Duration::from_secs(30)).await;
-                                Ok("data: [DONE]\n\n".to_owned())
+                            .chain(futures_util::stream::once(async move {
+                                tokio::time::sleep(pause).await;
+                                Ok(rest)
                             }));
                         return axum::response::Response::builder()
                             .header("content-type", "text/event-stream")
@@ -82,12 +89,27 @@ async fn upstream(seen: Seen) -> String {
                 let seen = s2.clone();
                 async move {
                     let v: Value = serde_json::from_str(&body).unwrap_or_default();
-                    seen.lock().unwrap().push(v);
+                    seen.lock().unwrap().push(v.clone());
+                    let ndjson = |l: Value| format!("{l}\n");
+                    if v["model"] == "slow" {
+                        // The first line, a pause the client leaves during, the counts.
+                        let first = ndjson(json!({"message": {"role": "assistant", "content": "Hi"}, "done": false}));
+                        let last = ndjson(json!({"message": {"role": "assistant", "content": ""}, "done": true, "prompt_eval_count": 11, "eval_count": 3}));
+                        let s = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                            .chain(futures_util::stream::once(async move {
+                                tokio::time::sleep(Duration::from_millis(400)).await;
+                                Ok(last)
+                            }));
+                        return axum::response::Response::builder()
+                            .header("content-type", "application/x-ndjson")
+                            .body(axum::body::Body::from_stream(s))
+                            .unwrap();
+                    }
                     let lines = [
                         json!({"message": {"role": "assistant", "content": "Hi"}, "done": false}),
                         json!({"message": {"role": "assistant", "content": ""}, "done": true, "prompt_eval_count": 11, "eval_count": 3}),
                     ];
-                    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+                    let body: String = lines.into_iter().map(ndjson).collect();
                     axum::response::Response::builder()
                         .header("content-type", "application/x-ndjson")
                         .body(axum::body::Body::from(body))
@@ -112,6 +134,10 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+async fn env_with(tune: impl FnOnce(&mut GatewayConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let seen = Seen::default();
     let up = upstream(seen.clone()).await;
@@ -123,7 +149,7 @@ async fn env() -> Env {
         key("admin", "acme"),
     );
     let db = format!("sqlite:{}", dir.path().join("usage.db").display());
-    let gw = attach_gateway::start(GatewayConfig {
+    let mut config = GatewayConfig {
         listen: "127.0.0.1:0".into(),
         upstreams: vec![Upstream {
             name: "test".into(),
@@ -142,9 +168,9 @@ async fn env() -> Env {
         ],
         metering: Some(MeteringConfig::new(&db)),
         ..GatewayConfig::default()
-    })
-    .await
-    .unwrap();
+    };
+    tune(&mut config);
+    let gw = attach_gateway::start(config).await.unwrap();
     let ledger = Ledger::connect(&db).await.unwrap();
     Env {
         gw,
@@ -351,22 +377,118 @@ async fn without_upstream_usage_the_counts_are_marked_estimated() {
     assert_eq!((rec.prompt_tokens, rec.completion_tokens), (3, 3));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_disconnects_mid_stream_is_recorded_cancelled() {
-    let e = env().await;
-    let r = e
-        .post(&e.alice, "/v1/chat/completions", chat("slow", true))
-        .await;
+/// Sends a streamed request, reads its first chunk and leaves; returns the request id
+/// and the bytes received.
+async fn leave_after_first_chunk(e: &Env, path: &str, body: Value) -> (String, usize) {
+    let r = e.post(&e.alice, path, body).await;
+    assert_eq!(r.status(), 200);
     let id = rid(&r);
     let mut stream = r.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("Partial"));
     drop(stream);
+    (id, first.len())
+}
+
+async fn metrics(e: &Env) -> String {
+    reqwest::get(format!("http://{}/metrics", e.gw.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_stream_is_billed_exactly_from_the_drained_rest() {
+    let e = env().await;
+    let (id, sent) = leave_after_first_chunk(&e, "/v1/chat/completions", chat("slow", true)).await;
+    let rec = e.record(&id).await;
+    assert!(rec.cancelled && rec.streamed);
+    assert!(
+        rec.exact,
+        "the rest of the answer was read for its usage chunk"
+    );
+    assert_eq!((rec.prompt_tokens, rec.completion_tokens), (5, 4));
+    assert_eq!(rec.bytes_out, sent as u64, "only what reached the client");
+    assert_eq!(
+        e.seen.lock().unwrap()[0]["stream_options"]["include_usage"],
+        json!(true)
+    );
+    assert!(metrics(&e)
+        .await
+        .contains("attach_client_disconnects_total{counts=\"exact\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ollama_client_that_disconnects_mid_stream_is_billed_exactly() {
+    let e = env().await;
+    let body = json!({"model": "slow", "messages": [{"role": "user", "content": "Say hello"}]});
+    let (id, sent) = leave_after_first_chunk(&e, "/api/chat", body).await;
+    let rec = e.record(&id).await;
+    assert_eq!(
+        (
+            rec.cancelled,
+            rec.exact,
+            rec.prompt_tokens,
+            rec.completion_tokens
+        ),
+        (true, true, 11, 3)
+    );
+    assert_eq!(rec.bytes_out, sent as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_draining_off_a_disconnect_is_estimated_from_what_passed() {
+    let e = env_with(|c| c.disconnect_drain_secs = 0).await;
+    let (id, sent) = leave_after_first_chunk(&e, "/v1/chat/completions", chat("slow", true)).await;
     let rec = e.record(&id).await;
     assert!(rec.cancelled && rec.streamed);
     assert!(!rec.exact, "no usage arrived: estimated from what passed");
     assert_eq!(rec.completion_tokens, 2, "\"Partial\" = 7 bytes");
-    assert_eq!(rec.bytes_out, first.len() as u64);
+    assert_eq!(rec.bytes_out, sent as u64);
+    assert!(metrics(&e)
+        .await
+        .contains("attach_client_disconnects_total{counts=\"estimated\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_past_its_limit_is_estimated() {
+    let e = env_with(|c| c.disconnect_drain_secs = 1).await;
+    let t = std::time::Instant::now();
+    let (id, _) = leave_after_first_chunk(&e, "/v1/chat/completions", chat("hang", true)).await;
+    let rec = e.record(&id).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "not the upstream's 30 s"
+    );
+    assert_eq!(
+        (rec.cancelled, rec.exact, rec.completion_tokens),
+        (true, false, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_drain_and_keeps_its_record() {
+    let e = env().await;
+    let (id, _) = leave_after_first_chunk(&e, "/v1/chat/completions", chat("hang", true)).await;
+    let Env {
+        gw, ledger, _dir, ..
+    } = e;
+    let t = std::time::Instant::now();
+    gw.shutdown(Duration::from_secs(10)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the drain did not hold shutdown"
+    );
+    let all = ledger.records(&Query::default(), 100).await.unwrap();
+    let rec = all
+        .iter()
+        .find(|r| r.request_id == id)
+        .expect("recorded before shutdown returned");
+    assert_eq!(
+        (rec.cancelled, rec.exact, rec.completion_tokens),
+        (true, false, 2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

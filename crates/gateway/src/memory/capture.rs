@@ -172,6 +172,8 @@ pub struct Reassembler {
     overflow: bool,
     /// The stream said it finished (`[DONE]`, `done: true`, `response.completed`).
     finished: bool,
+    /// The client went away: the text it did not receive is not kept (counts still are).
+    text_stopped: bool,
 }
 
 impl Reassembler {
@@ -187,7 +189,14 @@ impl Reassembler {
             max,
             overflow: false,
             finished: false,
+            text_stopped: false,
         }
+    }
+
+    /// From now on only the counts are read: the reply keeps what passed so far (for a
+    /// whole-JSON answer, nothing), and it is reported incomplete.
+    pub fn stop_text(&mut self) {
+        self.text_stopped = true;
     }
 
     /// Feeds a chunk.
@@ -253,7 +262,7 @@ impl Reassembler {
         if let Some(c) = crate::metering::usage::counts_in(&v) {
             self.counts = Some(c);
         }
-        if self.overflow {
+        if self.overflow || self.text_stopped {
             return;
         }
         if let Some(piece) = self.route.and_then(|r| reply_piece(r, &v, true)) {
@@ -268,12 +277,16 @@ impl Reassembler {
                 let parsed = serde_json::from_slice::<Value>(&self.pending).ok();
                 let text = parsed
                     .as_ref()
+                    .filter(|_| !self.text_stopped)
                     .zip(self.route)
                     .and_then(|(v, r)| reply_piece(r, v, false))
                     .unwrap_or_default();
                 Reply {
                     counts: parsed.as_ref().and_then(crate::metering::usage::counts_in),
-                    complete: stream_ended && parsed.is_some() && !self.overflow,
+                    complete: stream_ended
+                        && parsed.is_some()
+                        && !self.overflow
+                        && !self.text_stopped,
                     text,
                     truncated: self.overflow,
                 }
@@ -285,7 +298,10 @@ impl Reassembler {
                     self.line(&rest);
                 }
                 Reply {
-                    complete: stream_ended && !self.overflow && self.finished,
+                    complete: stream_ended
+                        && !self.overflow
+                        && self.finished
+                        && !self.text_stopped,
                     text: self.reply,
                     counts: self.counts,
                     truncated: self.overflow,
