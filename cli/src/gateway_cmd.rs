@@ -58,6 +58,13 @@ pub(crate) struct GatewayArgs {
     /// Add a policy rule allowing every authenticated principal (the default is deny).
     #[arg(long)]
     allow_authenticated: bool,
+    /// Export each request's span over OTLP/HTTP (protobuf) to this collector: a base URL
+    /// such as `http://127.0.0.1:4318` (`/v1/traces` is appended). Without it,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`; the service
+    /// name is `OTEL_SERVICE_NAME` (default `attach-gateway`). Needs an `oba` built with
+    /// the `otel` feature.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -129,18 +136,85 @@ pub(crate) fn gateway(args: GatewayArgs) -> Result<u8, Failure> {
     }
 }
 
-/// Sends the gateway's `tracing` events to standard error, as text or JSON lines.
-pub(crate) fn init_logs(format: &str) {
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().with_current_span(true).try_init()
+/// The process's trace export (feature `otel`, when an endpoint is set); nothing otherwise.
+pub(crate) struct Telemetry {
+    #[cfg(feature = "otel")]
+    traces: Option<attach_gateway::telemetry::TraceExport>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued; call it after the gateway's shutdown.
+    pub(crate) fn shutdown(self) {
+        #[cfg(feature = "otel")]
+        if let Some(t) = self.traces {
+            if let Err(e) = t.shutdown() {
+                eprintln!("gateway: {e}");
+            }
+        }
+    }
+}
+
+/// Sends the gateway's `tracing` events to standard error, as text or JSON lines (INFO
+/// and above), and, with the `otel` feature, its request spans to the OTLP endpoint from
+/// `otlp_endpoint` or the environment. Without the feature, `otlp_endpoint` is refused.
+pub(crate) fn init_logs(format: &str, otlp_endpoint: Option<&str>) -> Result<Telemetry, Failure> {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Boxed = if format == "json" {
+        fmt.json().with_current_span(true).boxed()
     } else {
-        builder.with_ansi(false).try_init()
+        fmt.with_ansi(false).boxed()
     };
+    let logs = tracing_subscriber::registry()
+        .with(fmt)
+        .with(LevelFilter::INFO);
+    #[cfg(feature = "otel")]
+    {
+        use attach_gateway::telemetry::{OtlpSettings, TraceExport};
+        let settings = OtlpSettings::from_env(otlp_endpoint).map_err(|e| fail(e.to_string()))?;
+        let traces = match &settings {
+            Some(s) => Some(TraceExport::start(s).map_err(|e| fail(e.to_string()))?),
+            None => None,
+        };
+        let _ = logs.with(traces.as_ref().map(|t| t.layer())).try_init();
+        if let Some(s) = &settings {
+            eprintln!(
+                "traces: OTLP/HTTP to {}://{}{}{} as service {:?}",
+                s.endpoint.scheme(),
+                s.endpoint.host_str().unwrap_or_default(),
+                s.endpoint
+                    .port()
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default(),
+                s.endpoint.path(),
+                s.service_name
+            );
+        }
+        Ok(Telemetry { traces })
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        if otlp_endpoint.is_some() {
+            return Err(fail(
+                "--otlp-endpoint: this oba was built without trace export; build it with `cargo build --release -p oba --features otel`",
+            ));
+        }
+        if attach_gateway::telemetry::OtlpSettings::in_env() {
+            eprintln!(
+                "warning: an OTEL_EXPORTER_OTLP_*ENDPOINT is set, but this oba was built without the `otel` feature: no traces are exported"
+            );
+        }
+        let _ = logs.try_init();
+        Ok(Telemetry {})
+    }
 }
 
 fn run(args: GatewayArgs) -> Result<u8, Failure> {
-    init_logs(&args.log_format);
+    let telemetry = init_logs(&args.log_format, args.otlp_endpoint.as_deref())?;
     let mut config = match &args.config {
         Some(p) => {
             let text =
@@ -213,7 +287,7 @@ fn run(args: GatewayArgs) -> Result<u8, Failure> {
         .enable_all()
         .build()
         .map_err(|e| fail(e.to_string()))?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let gw = attach_gateway::start(config)
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -222,7 +296,10 @@ fn run(args: GatewayArgs) -> Result<u8, Failure> {
         eprintln!("gateway: shutting down (in-flight requests, then the memory queue)");
         gw.shutdown(std::time::Duration::from_secs(10)).await;
         Ok(0)
-    })
+    });
+    // The spans of the last requests, exported once the gateway has stopped.
+    telemetry.shutdown();
+    result
 }
 
 /// Waits for Ctrl-C or SIGTERM.

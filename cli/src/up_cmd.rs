@@ -23,12 +23,17 @@ pub(crate) struct UpArgs {
     /// Gateway listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     gateway_listen: String,
+    /// Export the gateway's request spans over OTLP/HTTP to this collector (a base URL;
+    /// see `oba gateway --otlp-endpoint`). Needs an `oba` built with the `otel` feature.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
-    crate::gateway_cmd::init_logs(
+    let telemetry = crate::gateway_cmd::init_logs(
         &std::env::var("OBA_LOG_FORMAT").unwrap_or_else(|_| "text".into()),
-    );
+        args.otlp_endpoint.as_deref(),
+    )?;
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
     let stamp = dir.join("gateway-stamp.jwk");
@@ -47,7 +52,7 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
         .enable_all()
         .build()
         .map_err(|e| fail(e.to_string()))?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let db = format!("sqlite://{}", dir.join("registry.db").display());
         let registry = oba_registry::start(oba_registry::Config {
             listen: args.registry_listen.clone(),
@@ -113,5 +118,8 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
         registry.stop();
         gateway.shutdown(std::time::Duration::from_secs(10)).await;
         Ok(0)
-    })
+    });
+    // The spans of the last requests, exported once the gateway has stopped.
+    telemetry.shutdown();
+    result
 }

@@ -384,3 +384,60 @@ fn json_logs_carry_the_request_id() {
     );
     assert!(!line.contains("oba_not_a_key"), "no credentials in logs");
 }
+
+/// `--otlp-endpoint` on an `oba` built without the `otel` feature is refused (exit 2,
+/// before anything starts or is created), never ignored.
+#[cfg(not(feature = "otel"))]
+#[test]
+fn otlp_endpoint_without_the_otel_feature_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gateway = [
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--otlp-endpoint",
+        "http://127.0.0.1:4318",
+    ];
+    let up = [
+        "up",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--otlp-endpoint",
+        "http://127.0.0.1:4318",
+    ];
+    for args in [&gateway[..], &up[..]] {
+        let out = oba(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--otlp-endpoint") && err.contains("--features otel"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !data.exists(),
+        "up stopped before creating its data directory"
+    );
+}
+
+/// With the `otel` feature, an endpoint that is not an http(s) URL is refused (exit 2)
+/// with where it came from.
+#[cfg(feature = "otel")]
+#[test]
+fn a_bad_otlp_endpoint_is_refused() {
+    let out = oba(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--otlp-endpoint",
+        "grpc://127.0.0.1:4317",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("OTLP endpoint from --otlp-endpoint"), "{err}");
+}

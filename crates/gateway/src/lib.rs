@@ -19,6 +19,11 @@
 //! 5. **memory** ([`memory`], when configured): each chat turn recorded under the verified
 //!    identity off the request path, earlier turns recalled into the prompt within a
 //!    budget, shared spaces with rights, and the memory API at `/attach/v1/memory`.
+//!
+//! Each request runs in a `tracing` span with bounded fields (request id, trace id,
+//! method, route, status, auth method, upstream, model) and continues the caller's W3C
+//! trace context upstream; with the cargo feature `otel` the span is exported over
+//! OTLP/HTTP in the caller's trace ([`telemetry`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -48,9 +53,11 @@ pub mod policy;
 pub mod replay;
 pub mod stamp;
 pub mod tap;
+pub mod telemetry;
 
 pub use config::GatewayConfig;
 pub use identity::{AuthMethod, Principal, PrincipalKind};
+pub use telemetry::traceparent;
 
 /// The routes proxied to model servers; anything else is refused.
 pub const ROUTES: [&str; 9] = [
@@ -155,35 +162,6 @@ impl Gateway {
 /// text or JSON output (`oba gateway --log-format`).
 pub(crate) fn log(args: std::fmt::Arguments<'_>) {
     tracing::warn!(target: "attach", "{args}");
-}
-
-/// The W3C `traceparent` for the upstream request: the caller's trace continued with a
-/// new parent id (this hop), or a new sampled trace. Returns (trace id, header value).
-pub fn traceparent(incoming: Option<&str>) -> (String, String) {
-    let hex = |n: usize| {
-        let mut b = vec![0u8; n];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    };
-    let valid = incoming.and_then(|v| {
-        let parts: Vec<&str> = v.trim().split('-').collect();
-        let ok = parts.len() >= 4
-            && parts[0].len() == 2
-            && parts[0] != "ff"
-            && parts[1].len() == 32
-            && parts[2].len() == 16
-            && parts[3].len() == 2
-            && parts[..4].iter().all(|p| {
-                p.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            })
-            && parts[1].bytes().any(|b| b != b'0')
-            && parts[2].bytes().any(|b| b != b'0');
-        ok.then(|| (parts[1].to_owned(), parts[3].to_owned()))
-    });
-    let (trace, flags) = valid.unwrap_or_else(|| (hex(16), "01".into()));
-    let value = format!("00-{trace}-{}-{flags}", hex(8));
-    (trace, value)
 }
 
 pub(crate) fn now() -> i64 {
@@ -642,9 +620,25 @@ async fn proxy(
     let mut auth_method = "none";
     let mut pending = Pending::default();
     let request_id = oba_httpsig::random_nonce();
-    let (trace_id, traceparent) =
-        traceparent(headers.get("traceparent").and_then(|v| v.to_str().ok()));
-    let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace_id);
+    // The request's span: bounded fields, no principal or credential (`telemetry`).
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        auth_method = tracing::field::Empty,
+        upstream = tracing::field::Empty,
+        model = tracing::field::Empty,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+    );
+    let (trace_id, traceparent) = telemetry::continue_trace(
+        &span,
+        headers.get("traceparent").and_then(|v| v.to_str().ok()),
+    );
+    span.record("trace_id", trace_id.as_str());
     let resp = tracing::Instrument::instrument(
         proxy_inner(
             &state.0,
@@ -660,9 +654,14 @@ async fn proxy(
             headers,
             body,
         ),
-        span,
+        span.clone(),
     )
     .await;
+    span.record("http.response.status_code", resp.status().as_u16());
+    span.record("auth_method", auth_method);
+    if resp.status().is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     // A request refused after authentication, or whose body was not tapped: its record
     // is complete now.
     if let (Some(m), Some(mut r)) = (&state.0.metering, pending.meter) {
@@ -969,6 +968,11 @@ async fn proxy_inner(
     }
     // Metering: the record is filled in as the request goes, sent when it ends.
     let upstream = upstream_for(&s.config, model.as_deref());
+    let span = tracing::Span::current();
+    span.record("upstream", upstream.name.as_str());
+    if let Some(m) = &model {
+        span.record("model", telemetry::bounded(m));
+    }
     let mut body_changed = false;
     let mut strip_usage = false;
     let mut prompt_estimate = 0;
