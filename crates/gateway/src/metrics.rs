@@ -149,7 +149,8 @@ impl Metrics {
     /// from the upstream (read before it left or drained after).
     pub fn disconnect(&self, exact: bool) {
         if let Ok(mut m) = self.disconnects.lock() {
-            *m.entry(if exact { "exact" } else { "estimated" }).or_default() += 1;
+            *m.entry(if exact { "exact" } else { "estimated" })
+                .or_default() += 1;
         }
     }
 

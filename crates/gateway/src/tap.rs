@@ -189,9 +189,11 @@ mod tests {
     fn tap(drain: Option<Drain>) -> (Tap, Chunks, oneshot::Receiver<Seen>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (seen_tx, seen_rx) = oneshot::channel();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|c| (c, rx))
-        });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
         let parser = Reassembler::new(Some(ChatRoute::OllamaChat), Framing::Ndjson, 1024);
         let on_end = Box::new(move |s: Seen| {
             let _ = seen_tx.send(s);

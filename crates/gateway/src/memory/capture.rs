@@ -298,10 +298,7 @@ impl Reassembler {
                     self.line(&rest);
                 }
                 Reply {
-                    complete: stream_ended
-                        && !self.overflow
-                        && self.finished
-                        && !self.text_stopped,
+                    complete: stream_ended && !self.overflow && self.finished && !self.text_stopped,
                     text: self.reply,
                     counts: self.counts,
                     truncated: self.overflow,
