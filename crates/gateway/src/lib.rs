@@ -43,6 +43,7 @@ use oba_httpsig::jwk::Jwk;
 
 pub mod apikeys;
 pub mod budget;
+pub mod chat;
 pub mod config;
 pub mod identity;
 pub mod memory;
@@ -941,7 +942,7 @@ async fn proxy_inner(
     }
     let needs_tree = s.metering.is_some()
         || s.budgets.is_some()
-        || (s.memory.is_some() && memory::capture::ChatRoute::of(path).is_some());
+        || (s.memory.is_some() && chat::ChatRoute::of(path).is_some());
     let mut parsed: Option<serde_json::Value> = if needs_tree {
         serde_json::from_slice(&body).ok()
     } else {
@@ -1015,7 +1016,7 @@ async fn proxy_inner(
             Ok(Some(plan)) => {
                 let user = parsed
                     .as_ref()
-                    .map(|v| memory::capture::user_text(plan.route, v))
+                    .map(|v| chat::user_text(plan.route, v))
                     .unwrap_or_default();
                 if plan.recall && !user.is_empty() {
                     if let (Some(recalled), Some(v)) =
@@ -1203,13 +1204,12 @@ async fn proxy_inner(
     let body = if turn.is_none() && record.is_none() && reservation.is_none() {
         Body::from_stream(stream)
     } else {
-        let framing = memory::capture::Framing::of(&content_type);
+        let framing = chat::Framing::of(&content_type);
         let max = s
             .memory
             .as_ref()
             .map_or(256 * 1024, |m| m.config.max_turn_bytes);
-        let parser =
-            memory::capture::Reassembler::new(memory::capture::ChatRoute::of(path), framing, max);
+        let parser = chat::Reassembler::new(chat::ChatRoute::of(path), framing, max);
         // A client leaving early: the rest is read for exact counts (billing, budgets).
         let drain = (s.config.disconnect_drain_secs > 0
             && (record.is_some() || reservation.is_some()))
@@ -1250,7 +1250,7 @@ async fn proxy_inner(
             }
             if let Some((outbox, mut r)) = record {
                 r.status = status;
-                r.streamed = framing != memory::capture::Framing::Json;
+                r.streamed = framing != chat::Framing::Json;
                 r.cancelled = !seen.ended;
                 r.bytes_out = seen.bytes_out;
                 r.latency_us = started.elapsed().as_micros() as u64;

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 
-use crate::memory::capture::{Reassembler, Reply};
+use crate::chat::{Reassembler, Reply};
 use crate::metering::usage::UsageChunkFilter;
 
 /// What passed, reported once at the end.
@@ -179,7 +179,7 @@ impl Drop for Tap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::capture::{ChatRoute, Framing};
+    use crate::chat::{ChatRoute, Framing};
     use crate::metering::usage::Counts;
     use tokio::sync::{mpsc, oneshot, watch};
 

@@ -16,7 +16,6 @@
 //! The memory API (`/attach/v1/memory...`) is in [`api`].
 
 pub mod api;
-pub mod capture;
 pub mod embed;
 pub mod recall;
 pub mod writer;
@@ -26,9 +25,9 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode};
 use oba_memory::{Filter, MemoryStore, Right, Scope, Turn};
 
+use crate::chat::ChatRoute;
 use crate::config::{MemoryConfig, MemoryMode};
 use crate::identity::Principal;
-use capture::ChatRoute;
 
 /// The memory stage of the gateway.
 pub struct Memory {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::capture::ChatRoute;
+use crate::chat::ChatRoute;
 use oba_memory::Turn;
 
 /// Estimated tokens of `text`: one per 4 bytes, rounded up (a deliberate over-estimate

@@ -1,6 +1,9 @@
-//! What a chat turn says: the new user message(s) of a request, and the assistant's
-//! reply, reassembled from a JSON answer or from SSE / NDJSON chunks as they pass (a
-//! line is decoded only once complete, so multi-byte text split across chunks is exact).
+//! The chat protocols' shapes (OpenAI chat completions and responses, Ollama chat and
+//! generate): the new user message(s) of a request, and the assistant's reply and the
+//! upstream's token counts, reassembled from a JSON answer or from SSE / NDJSON chunks
+//! as they pass (a line is decoded only once complete, so multi-byte text split across
+//! chunks is exact). Memory records the turns; the response tap and metering read the
+//! counts.
 
 use serde_json::Value;
 
