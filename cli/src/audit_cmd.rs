@@ -1,5 +1,10 @@
-//! `oba audit verify|export`: check the gateway's audit trail (a JSON-lines file or a
-//! database table) against its public keys, or print a table's records as JSON lines.
+//! `oba audit verify|export`: check an audit trail — the gateway's (a JSON-lines file or
+//! a database table) or the registry's (the `audit_log` table in its database) — against
+//! its public keys, or print a table's records as JSON lines.
+//!
+//! The keys: the gateway's `/.well-known/jwks.json` or the registry's
+//! `/.well-known/audit-keys.json`, saved to a file (best: kept where the trail's writers
+//! cannot change it) or fetched by URL, or single public JWKs.
 //!
 //! `verify` exit codes: 0 intact; 1 tampered (or, with `--require-signed-tail`, records
 //! after the last checkpoint); 2 an error (unreadable file, database unreachable, bad
@@ -35,9 +40,11 @@ enum AuditCommand {
         /// PostgreSQL schema of the table.
         #[arg(long, requires = "db")]
         schema: Option<String>,
-        /// The gateway's JWK Set (its /.well-known/jwks.json saved to a file).
+        /// The trusted JWK Set: a file (the gateway's /.well-known/jwks.json or the
+        /// registry's /.well-known/audit-keys.json, saved), or an http(s) URL to fetch it
+        /// from.
         #[arg(long, required_unless_present = "key")]
-        jwks: Option<PathBuf>,
+        jwks: Option<String>,
         /// A trusted public JWK (repeatable).
         #[arg(long)]
         key: Vec<PathBuf>,
@@ -145,17 +152,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| fail(e.to_string()))
 }
 
-fn load_keys(jwks: Option<&Path>, keys: &[PathBuf]) -> Result<TrustedKeys, Failure> {
+fn load_keys(jwks: Option<&str>, keys: &[PathBuf]) -> Result<TrustedKeys, Failure> {
     let mut trusted = TrustedKeys::new();
-    if let Some(path) = jwks {
-        let bytes = read_input(Some(path))?;
-        let text = String::from_utf8(bytes).map_err(|_| fail("the JWKS file is not UTF-8"))?;
-        let set = JwkSet::parse(&text)?;
+    if let Some(source) = jwks {
+        let bytes = if source.starts_with("https://") || source.starts_with("http://") {
+            fetch(source)?
+        } else {
+            read_input(Some(Path::new(source)))?
+        };
+        let text = String::from_utf8(bytes)
+            .map_err(|_| fail(format!("{source}: the JWK Set is not UTF-8")))?;
+        let set = JwkSet::parse(&text).map_err(|e| fail(format!("{source}: {e}")))?;
         if trusted.add_jwk_set(&set) == 0 {
-            return Err(fail(format!(
-                "{}: no usable key in the JWK Set",
-                path.display()
-            )));
+            return Err(fail(format!("{source}: no usable key in the JWK Set")));
         }
     }
     for path in keys {
@@ -165,6 +174,40 @@ fn load_keys(jwks: Option<&Path>, keys: &[PathBuf]) -> Result<TrustedKeys, Failu
             .map_err(|e| fail(format!("{}: {e}", path.display())))?;
     }
     Ok(trusted)
+}
+
+/// Largest JWK Set fetched, bytes.
+const MAX_JWKS: usize = 1 << 20;
+
+/// GETs a JWK Set (redirects not followed, 10 s timeout, at most 1 MiB).
+fn fetch(url: &str) -> Result<Vec<u8>, Failure> {
+    runtime()?.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let mut resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fail(format!("{url}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("{url}: HTTP {}", resp.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| fail(format!("{url}: {e}")))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_JWKS {
+                return Err(fail(format!("{url}: larger than {MAX_JWKS} bytes")));
+            }
+        }
+        Ok(body)
+    })
 }
 
 fn print_report(report: &Report, require_signed_tail: bool, as_json: bool) -> Result<u8, Failure> {

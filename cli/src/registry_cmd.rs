@@ -1,5 +1,6 @@
 //! `oba registry ...` and `oba publish`: run the registry, and talk to one.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -29,6 +30,16 @@ pub(crate) enum RegistryCommand {
         /// Also serve https://<agent-id>.<suffix>/.well-known/http-message-signatures-directory.
         #[arg(long)]
         agent_host_suffix: Option<String>,
+        /// The private JWK signing the audit trail's checkpoints, created (Ed25519, mode
+        /// 0600) if missing (default: <db file stem>-audit.jwk next to a SQLite file,
+        /// registry-audit.jwk here for PostgreSQL). Its public half is served at
+        /// /.well-known/audit-keys.json, for `oba audit verify --db ... --jwks`.
+        #[arg(long)]
+        audit_key: Option<PathBuf>,
+        /// A signed audit checkpoint after this many records (also every 60 s while a
+        /// record is unsigned, and at shutdown).
+        #[arg(long, default_value_t = 100)]
+        audit_checkpoint_every: u64,
     },
     /// Store the registry URL and an API token (mode 0600, in the config directory).
     Login {
@@ -282,12 +293,16 @@ pub(crate) fn registry(command: RegistryCommand) -> Result<u8, Failure> {
             public_url,
             admin_token_file,
             agent_host_suffix,
+            audit_key,
+            audit_checkpoint_every,
         } => serve(oba_registry::Config {
             listen,
             db_url: db,
             public_url,
             admin_token_file,
             agent_host_suffix,
+            audit_key_file: audit_key,
+            audit_checkpoint_every,
             ..oba_registry::Config::default()
         }),
         RegistryCommand::Login { url, token } => {
@@ -428,8 +443,27 @@ fn serve(config: oba_registry::Config) -> Result<u8, Failure> {
         if let Some(t) = &registry.admin_token {
             eprintln!("admin token (shown once, store it now): {t}");
         }
+        // Not eprintln!: whoever started us may have stopped reading standard error.
+        let _ = match &registry.audit_key_file {
+            Some(p) => writeln!(
+                std::io::stderr(),
+                "audit trail signed with {} (kid {}; public key at {}/.well-known/audit-keys.json)",
+                p.display(),
+                registry.audit_keyid,
+                registry.public_url
+            ),
+            None => writeln!(
+                std::io::stderr(),
+                "audit trail signed with a key of this process only (kid {})",
+                registry.audit_keyid
+            ),
+        };
         let _ = tokio::signal::ctrl_c().await;
-        registry.stop();
+        // Stops serving, then signs the last audit records.
+        registry
+            .shutdown()
+            .await
+            .map_err(|e| fail(format!("registry shutdown: {e}")))?;
         Ok(0)
     })
 }

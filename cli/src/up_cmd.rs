@@ -115,7 +115,10 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
             k = dir.join("gateway-keys.jsonl").display(),
         );
         crate::gateway_cmd::stopped().await;
-        registry.stop();
+        // Stops the registry, then signs its last audit records.
+        if let Err(e) = registry.shutdown().await {
+            eprintln!("registry: {e}");
+        }
         gateway.shutdown(std::time::Duration::from_secs(10)).await;
         Ok(0)
     });

@@ -239,3 +239,148 @@ fn registry_commands_without_credentials_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("oba registry login"));
 }
+
+/// Waits up to 10 s for the server to exit by itself.
+fn wait_exit(srv: &mut Server) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = srv.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the registry did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The registry's audit trail through `oba audit verify --db`: key changes made with the
+/// CLI verify against the published key (by URL) and the key file; Ctrl-C signs the tail
+/// (`--require-signed-tail`); an exported, altered record is named.
+#[test]
+fn the_registry_audit_trail_verifies_with_oba_audit_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    let (mut srv, url, token) = registry(dir.path());
+    let db = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let ok = |o: &Output| {
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "stdout {} stderr {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    ok(&oba(
+        &cfg,
+        &["registry", "login", "--url", &url, "--token", &token],
+    ));
+    let key = dir.path().join("bot.jwk");
+    let out = oba(
+        &cfg,
+        &[
+            "publish",
+            "--name",
+            "Audited",
+            "--key-out",
+            key.to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    let published = json(&out);
+    let (id, kid) = (
+        published["agent_id"].as_str().unwrap(),
+        published["thumbprint"].as_str().unwrap(),
+    );
+    ok(&oba(
+        &cfg,
+        &["registry", "keys", "retire", "--agent", id, kid],
+    ));
+
+    // bootstrap token, agent, key added, key retired: 4 records, not yet signed.
+    let keys_url = format!("{url}/.well-known/audit-keys.json");
+    let out = oba(&cfg, &["audit", "verify", "--db", &db, "--jwks", &keys_url]);
+    ok(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok: 4 records, 0 checkpoints, 4 unsigned at the end\n"
+    );
+    // The private key file next to the database verifies too (its public half is used).
+    let key_file = dir.path().join("registry-audit.jwk");
+    let out = oba(
+        &cfg,
+        &[
+            "audit",
+            "verify",
+            "--db",
+            &db,
+            "--key",
+            key_file.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    ok(&out);
+    let report = json(&out);
+    assert_eq!(report["last_seq"], 4);
+    assert_eq!(report["intact"], true);
+
+    // Ctrl-C: the registry stops and signs what is unsigned.
+    let pid = srv.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(wait_exit(&mut srv).success());
+    let out = oba(
+        &cfg,
+        &[
+            "audit",
+            "verify",
+            "--db",
+            &db,
+            "--key",
+            key_file.to_str().unwrap(),
+            "--require-signed-tail",
+        ],
+    );
+    ok(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok: 5 records, 1 checkpoints, 0 unsigned at the end\n"
+    );
+
+    // Exported as JSON lines; who retired the key, rewritten: record 4 is named.
+    let out = oba(&cfg, &["audit", "export", "--db", &db]);
+    ok(&out);
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 5);
+    let mut r = oba_audit::AuditRecord::parse_line(lines[3].as_bytes()).unwrap();
+    assert_eq!(r.event.kind.as_str(), "key.retire");
+    assert_eq!(r.event.key_id.as_deref(), Some(kid));
+    r.event.actor = Some("account:someone-else/token:x".into());
+    lines[3] = r.to_line();
+    let edited = dir.path().join("edited.jsonl");
+    std::fs::write(&edited, format!("{}\n", lines.join("\n"))).unwrap();
+    let out = oba(
+        &cfg,
+        &[
+            "audit",
+            "verify",
+            edited.to_str().unwrap(),
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "TAMPERED: record 4 was altered\n"
+    );
+}

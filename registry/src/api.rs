@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::{new_id, new_token, parse_scopes, token_hash, Caller};
 use crate::error::ApiError;
-use crate::store::{AgentRow, KeyRow, TokenRow};
+use crate::store::{AgentRow, Change, KeyRow, TokenRow};
 use crate::{now, AppState};
 
 /// Largest request body accepted, bytes.
@@ -90,6 +90,11 @@ async fn authenticate_inner(state: &AppState, headers: &HeaderMap) -> Result<Cal
         });
     }
     crate::oidc::authenticate(state, token).await
+}
+
+/// A change by `caller`, for the audit trail.
+fn change(caller: &Caller, action: &str, target: &str) -> Change {
+    Change::new(caller.actor(), action, target).with_auth_method(caller.auth_method())
 }
 
 fn require(caller: &Caller, scope: &str) -> Result<(), ApiError> {
@@ -188,7 +193,8 @@ pub(crate) async fn create_agent(
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers, peer).await?;
     require(&caller, "agents:write")?;
-    let doc: AgentDoc = parse_json(&read_body(body).await?)?;
+    let bytes = read_body(body).await?;
+    let doc: AgentDoc = parse_json(&bytes)?;
     doc.validate()?;
     let t = now();
     let row = AgentRow {
@@ -198,11 +204,10 @@ pub(crate) async fn create_agent(
         created_at: t,
         updated_at: t,
     };
-    state.store.create_agent(&row).await?;
-    state
-        .store
-        .audit(t, &caller.actor(), "agent.create", &row.id, &row.doc)
-        .await?;
+    let audit = change(&caller, "agent.create", &row.id)
+        .with_detail(row.doc.clone())
+        .with_body(&bytes);
+    state.store.create_agent(&row, &audit).await?;
     Ok((StatusCode::CREATED, Json(agent_json(&state, &row))).into_response())
 }
 
@@ -246,7 +251,8 @@ pub(crate) async fn patch_agent(
     let caller = authenticate(&state, &headers, peer).await?;
     require(&caller, "agents:write")?;
     let a = owned_agent(&state, &caller, &id).await?;
-    let patch: serde_json::Map<String, serde_json::Value> = parse_json(&read_body(body).await?)?;
+    let bytes = read_body(body).await?;
+    let patch: serde_json::Map<String, serde_json::Value> = parse_json(&bytes)?;
     let mut merged = a.doc.as_object().cloned().unwrap_or_default();
     for (k, v) in patch {
         if v.is_null() {
@@ -260,11 +266,12 @@ pub(crate) async fn patch_agent(
     doc.validate()?;
     let doc = serde_json::to_value(&doc).unwrap_or_default();
     let t = now();
-    state.store.update_agent(&id, &doc, t).await?;
-    state
-        .store
-        .audit(t, &caller.actor(), "agent.update", &id, &doc)
-        .await?;
+    let audit = change(&caller, "agent.update", &id)
+        .with_detail(doc.clone())
+        .with_body(&bytes);
+    if !state.store.update_agent(&id, &doc, t, &audit).await? {
+        return Err(ApiError::not_found("agent"));
+    }
     let a = owned_agent(&state, &caller, &id).await?;
     Ok(Json(agent_json(&state, &a)).into_response())
 }
@@ -279,18 +286,10 @@ pub(crate) async fn delete_agent(
     let caller = authenticate(&state, &headers, peer).await?;
     require(&caller, "agents:write")?;
     owned_agent(&state, &caller, &id).await?;
-    let t = now();
-    state.store.delete_agent(&id, t).await?;
-    state
-        .store
-        .audit(
-            t,
-            &caller.actor(),
-            "agent.delete",
-            &id,
-            &serde_json::Value::Null,
-        )
-        .await?;
+    let audit = change(&caller, "agent.delete", &id);
+    if !state.store.delete_agent(&id, now(), &audit).await? {
+        return Err(ApiError::not_found("agent"));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -382,18 +381,20 @@ pub(crate) async fn add_key(
         created_at: t,
         retired_at: None,
     };
+    let audit = change(&caller, "key.add", &format!("{id}/{}", row.thumbprint))
+        .with_key_id(row.thumbprint.clone())
+        .with_detail(
+            serde_json::json!({ "not_before": row.not_before, "not_after": row.not_after }),
+        )
+        .with_body(&bytes);
     state
         .store
-        .add_key(&id, &row, oba_webbotauth::directory::MAX_KEYS as i64, t)
-        .await?;
-    state
-        .store
-        .audit(
+        .add_key(
+            &id,
+            &row,
+            oba_webbotauth::directory::MAX_KEYS as i64,
             t,
-            &caller.actor(),
-            "key.add",
-            &format!("{id}/{}", row.thumbprint),
-            &serde_json::json!({ "not_before": row.not_before, "not_after": row.not_after }),
+            &audit,
         )
         .await?;
     Ok((StatusCode::CREATED, Json(row)).into_response())
@@ -422,20 +423,10 @@ pub(crate) async fn retire_key(
     let caller = authenticate(&state, &headers, peer).await?;
     require(&caller, "keys:write")?;
     owned_agent(&state, &caller, &id).await?;
-    let t = now();
-    if !state.store.retire_key(&id, &kid, t).await? {
+    let audit = change(&caller, "key.retire", &format!("{id}/{kid}")).with_key_id(kid.clone());
+    if !state.store.retire_key(&id, &kid, now(), &audit).await? {
         return Err(ApiError::not_found("active key"));
     }
-    state
-        .store
-        .audit(
-            t,
-            &caller.actor(),
-            "key.retire",
-            &format!("{id}/{kid}"),
-            &serde_json::Value::Null,
-        )
-        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -458,7 +449,8 @@ pub(crate) async fn create_token(
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers, peer).await?;
-    let req: NewToken = parse_json(&read_body(body).await?)?;
+    let bytes = read_body(body).await?;
+    let req: NewToken = parse_json(&bytes)?;
     let scopes =
         parse_scopes(&req.scopes).map_err(|m| ApiError::bad_request("invalid_scope", m))?;
     let account = match &req.account_id {
@@ -503,8 +495,19 @@ pub(crate) async fn create_token(
         },
         revoked_at: None,
     };
-    state.store.create_token(&row, &token_hash(&token)).await?;
-    state.store.audit(t, &caller.actor(), "token.create", &row.id, &serde_json::json!({ "account_id": row.account_id, "scopes": row.scopes, "expires_at": row.expires_at })).await?;
+    // The record names the token by its id; neither the token nor its hash is in it.
+    let audit = change(&caller, "token.create", &row.id)
+        .with_key_id(row.id.clone())
+        .with_detail(serde_json::json!({
+            "account_id": row.account_id,
+            "scopes": row.scopes,
+            "expires_at": row.expires_at,
+        }))
+        .with_body(&bytes);
+    state
+        .store
+        .create_token(&row, &token_hash(&token), &audit)
+        .await?;
     let mut v = serde_json::to_value(&row).unwrap_or_default();
     v["token"] = token.into();
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -532,21 +535,15 @@ pub(crate) async fn revoke_token(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers, peer).await?;
-    let t = now();
     let account = (!caller.is_admin()).then_some(caller.account_id.as_str());
-    if !state.store.revoke_token(&id, account, t).await? {
+    let audit = change(&caller, "token.revoke", &id).with_key_id(id.clone());
+    if !state
+        .store
+        .revoke_token(&id, account, now(), &audit)
+        .await?
+    {
         return Err(ApiError::not_found("token"));
     }
-    state
-        .store
-        .audit(
-            t,
-            &caller.actor(),
-            "token.revoke",
-            &id,
-            &serde_json::Value::Null,
-        )
-        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -565,25 +562,21 @@ pub(crate) async fn create_account(
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers, peer).await?;
     require(&caller, "admin")?;
-    let req: NewAccount = parse_json(&read_body(body).await?)?;
+    let bytes = read_body(body).await?;
+    let req: NewAccount = parse_json(&bytes)?;
     if req.name.trim().is_empty() || req.name.len() > 200 {
         return Err(ApiError::bad_request(
             "invalid_account",
             "name must be 1..=200 characters",
         ));
     }
-    let t = now();
     let id = new_id();
-    state.store.create_account(&id, &req.name, None, t).await?;
+    let audit = change(&caller, "account.create", &id)
+        .with_detail(serde_json::json!({ "name": req.name }))
+        .with_body(&bytes);
     state
         .store
-        .audit(
-            t,
-            &caller.actor(),
-            "account.create",
-            &id,
-            &serde_json::json!({ "name": req.name }),
-        )
+        .create_account(&id, &req.name, None, now(), &audit)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -600,7 +593,8 @@ pub(crate) struct AuditQuery {
     limit: Option<i64>,
 }
 
-/// `GET /v1/audit?after=SEQ&limit=N` (admin).
+/// `GET /v1/audit?after=SEQ&limit=N` (admin): the chain's records, checkpoints
+/// included.
 pub(crate) async fn audit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -85,6 +85,15 @@ impl Caller {
     pub fn actor(&self) -> String {
         format!("account:{}/{}", self.account_id, self.via)
     }
+
+    /// How the caller authenticated, for the audit trail: `oidc` or `token`.
+    pub fn auth_method(&self) -> &'static str {
+        if self.via == "oidc" {
+            "oidc"
+        } else {
+            "token"
+        }
+    }
 }
 
 /// Counts authentication failures per client address in a sliding window.

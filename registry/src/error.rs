@@ -57,6 +57,14 @@ impl From<StoreError> for ApiError {
             e @ StoreError::TooManyKeys(_) => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_keys", e.to_string())
             }
+            StoreError::Audit(e) => {
+                crate::log(format_args!("registry: audit trail error: {e}"));
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "audit_failed",
+                    "the audit trail could not be written or read (no change is made without its record)",
+                )
+            }
             StoreError::Db(e) => {
                 crate::log(format_args!("registry: database error: {e}"));
                 ApiError::new(

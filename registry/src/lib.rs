@@ -11,7 +11,9 @@
 //! * Public, cacheable documents (`ETag`, `304`): `/agents/{id}/jwks.json` (media type
 //!   `application/http-message-signatures-directory+json`), `/agents/{id}/card.json`,
 //!   `/registry.txt`, and with an agent host suffix the well-known directory per agent.
-//! * Every change in an append-only audit table; JSON errors everywhere; `/openapi.json`.
+//! * Every change (accounts, tokens, agents, keys, OIDC first sign-ins) in a
+//!   tamper-evident audit trail — see [The audit trail](#the-audit-trail); JSON errors
+//!   everywhere; `/openapi.json`.
 //! * SQLite by default (a file, created and migrated), PostgreSQL with the same behaviour.
 //!
 //! ```no_run
@@ -29,6 +31,50 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## The audit trail
+//!
+//! Each change and its audit record are written in **one transaction**: the request
+//! answers only once both are durable, and a change whose record cannot be written is
+//! not made (`500 audit_failed`). The records form an [oba-audit](oba_audit) hash chain
+//! in the table `audit_log` of the registry's database — the gateway's table layout and
+//! record format: `seq` 1, 2, 3, ..., each record's `prev` the hash of the one before,
+//! and every [`Config::audit_checkpoint_every`] records (and within
+//! [`Config::audit_checkpoint_interval`] of an unsigned one, and at
+//! [`Registry::shutdown`]) a checkpoint signed with the registry's **audit key**.
+//! Appends are serialised (a mutex in the process; on PostgreSQL also an advisory lock,
+//! so several registries on one database share one chain), so concurrent requests never
+//! fork it.
+//!
+//! A record holds who (`actor`, `auth_method`), what (`kind` = the action:
+//! `account.create`, `token.create`, `token.revoke`, `agent.create`, `agent.update`,
+//! `agent.delete`, `key.add`, `key.retire`), on what (`details.target`), which key
+//! (`key_id`: a key's thumbprint, a token's id), when (`time_ms`), small details
+//! (`details.detail`: scopes, validity, agent metadata) and the SHA-256 of the request
+//! body (`hashes.request_body`) — never a token, a token's hash or a private key.
+//!
+//! The audit key is a private JWK in a file ([`Config::audit_key_file`]; by default next
+//! to the SQLite file as `<name>-audit.jwk`, or `registry-audit.jwk` in the working
+//! directory with PostgreSQL), created (Ed25519, mode 0600) on first start and never
+//! stored in the database. Its public half is served at
+//! [`/.well-known/audit-keys.json`](audit::AUDIT_KEYS_PATH). Save that document somewhere
+//! the database's owners cannot write, then verify the whole trail, which names the
+//! first altered, removed or reordered record:
+//!
+//! ```sh
+//! curl -s https://registry.example/.well-known/audit-keys.json > registry-audit-keys.json
+//! oba audit verify --db sqlite://registry.db --jwks registry-audit-keys.json
+//! oba audit verify --db postgres://... --schema registry --jwks registry-audit-keys.json
+//! ```
+//!
+//! `GET /v1/audit` (admin) lists the same records, checkpoints included, with their
+//! `seq`, `prev` and `hash`.
+//!
+//! **Upgrading** from a version with the plain `audit` table: at the first start its rows
+//! are appended to the chain, in order, followed by an `audit.imported` record and a
+//! checkpoint, and the old table is renamed `audit_legacy` (see
+//! [`Store::import_legacy_audit`]). Those rows were not chained when they were written:
+//! the chain vouches for them from the import on.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -42,6 +88,7 @@ use axum::serve::ListenerExt;
 use axum::Router;
 
 mod api;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod oidc;
@@ -72,6 +119,16 @@ pub struct Config {
     pub oidc_allow_http: bool,
     /// Authentication failures per client address per minute before `429`.
     pub auth_failure_limit: usize,
+    /// The private JWK that signs the audit trail's checkpoints; created (Ed25519, mode
+    /// 0600) if missing. Default ([`audit::default_key_path`]): next to a SQLite file
+    /// (`registry.db` → `registry-audit.jwk`), `registry-audit.jwk` in the working
+    /// directory for PostgreSQL, a key of the process only for `sqlite::memory:`.
+    pub audit_key_file: Option<PathBuf>,
+    /// A signed checkpoint after this many audit records (default 100, at least 1)...
+    pub audit_checkpoint_every: u64,
+    /// ...and at most this long after a record that is not yet signed (default 60 s, not
+    /// zero).
+    pub audit_checkpoint_interval: Duration,
 }
 
 impl Default for Config {
@@ -85,6 +142,9 @@ impl Default for Config {
             oidc: Vec::new(),
             oidc_allow_http: false,
             auth_failure_limit: 20,
+            audit_key_file: None,
+            audit_checkpoint_every: 100,
+            audit_checkpoint_interval: Duration::from_secs(60),
         }
     }
 }
@@ -101,6 +161,9 @@ pub enum Error {
     /// Configuration.
     #[error("configuration: {0}")]
     Config(String),
+    /// The audit key cannot be read, created or used.
+    #[error(transparent)]
+    AuditKey(#[from] audit::AuditKeyError),
 }
 
 /// Shared state of the handlers.
@@ -111,6 +174,8 @@ pub(crate) struct AppState {
     pub(crate) public_url: Arc<str>,
     pub(crate) limiter: Arc<auth::FailureLimiter>,
     pub(crate) oidc: Arc<oba_oidc::OidcVerifier>,
+    /// The JWK Set served at `/.well-known/audit-keys.json`.
+    pub(crate) audit_keys: Arc<str>,
 }
 
 impl AppState {
@@ -178,6 +243,7 @@ fn router(state: AppState) -> Router {
             "/.well-known/http-message-signatures-directory",
             get(public::agent_host_directory),
         )
+        .route(audit::AUDIT_KEYS_PATH, get(audit::audit_keys))
         .route(
             "/openapi.json",
             get(|| async { axum::Json(openapi::document()) }),
@@ -205,7 +271,14 @@ pub struct Registry {
     pub admin_token: Option<String>,
     /// The public URL.
     pub public_url: String,
+    /// The audit key's id (`sig_keyid` of every checkpoint; the `kid` at
+    /// `/.well-known/audit-keys.json`).
+    pub audit_keyid: String,
+    /// The audit key's file (`None`: a key of this process, for an in-memory database).
+    pub audit_key_file: Option<PathBuf>,
+    store: Store,
     task: tokio::task::JoinHandle<()>,
+    checkpointer: tokio::task::JoinHandle<()>,
 }
 
 impl Registry {
@@ -214,16 +287,55 @@ impl Registry {
         let _ = self.task.await;
     }
 
-    /// Stops the server.
+    /// Stops the server at once (records written since the last checkpoint stay unsigned
+    /// until the next start signs them; [`Registry::shutdown`] signs them now).
     pub fn stop(&self) {
         self.task.abort();
+        self.checkpointer.abort();
+    }
+
+    /// Stops the server, then signs the audit trail's last records with a checkpoint (if
+    /// any follows the last one), so a cleanly stopped registry leaves a fully signed
+    /// trail.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.stop();
+        let _ = self.task.await;
+        let _ = self.checkpointer.await;
+        self.store.checkpoint().await?;
+        Ok(())
+    }
+
+    /// Signs the audit trail now, if any record follows the last checkpoint. True when a
+    /// checkpoint was written.
+    pub async fn audit_checkpoint(&self) -> Result<bool, Error> {
+        Ok(self.store.checkpoint().await?)
     }
 }
 
 /// Opens the database (creating and migrating it), bootstraps the first admin token on an
 /// empty database, binds and serves in the background.
 pub async fn start(config: Config) -> Result<Registry, Error> {
-    let store = Store::connect(&config.db_url).await?;
+    if config.audit_checkpoint_every == 0 || config.audit_checkpoint_interval.is_zero() {
+        return Err(Error::Config(
+            "audit_checkpoint_every and audit_checkpoint_interval must not be zero".into(),
+        ));
+    }
+    let audit_key = match config
+        .audit_key_file
+        .clone()
+        .or_else(|| audit::default_key_path(&config.db_url))
+    {
+        Some(path) => audit::load_or_create_key(&path)?,
+        None => audit::AuditKey::ephemeral()?,
+    };
+    let store = Store::connect(
+        &config.db_url,
+        store::AuditSettings {
+            signer: audit_key.signer.clone(),
+            checkpoint_every: config.audit_checkpoint_every,
+        },
+    )
+    .await?;
     let admin_token = bootstrap(&store, &config).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?;
@@ -234,8 +346,13 @@ pub async fn start(config: Config) -> Result<Registry, Error> {
         .trim_end_matches('/')
         .to_owned();
     let oidc = Arc::new(oidc::verifier(&config).map_err(|e| Error::Config(e.to_string()))?);
+    let checkpointer = tokio::spawn(sign_periodically(
+        store.clone(),
+        config.audit_checkpoint_interval,
+    ));
     let state = AppState {
-        store,
+        store: store.clone(),
+        audit_keys: audit_key.jwk_set().into(),
         limiter: Arc::new(auth::FailureLimiter::new(
             config.auth_failure_limit,
             Duration::from_secs(60),
@@ -261,8 +378,26 @@ pub async fn start(config: Config) -> Result<Registry, Error> {
         addr,
         admin_token,
         public_url,
+        audit_keyid: audit_key.keyid().to_owned(),
+        audit_key_file: audit_key.path.clone(),
+        store,
         task,
+        checkpointer,
     })
+}
+
+/// Every `interval`, a checkpoint if any audit record is unsigned (so none stays unsigned
+/// much longer than `interval`, however rarely the registry changes).
+async fn sign_periodically(store: Store, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if let Err(e) = store.checkpoint().await {
+            log(format_args!("registry: audit checkpoint failed: {e}"));
+        }
+    }
 }
 
 /// On an empty database: an admin account and its token (from the file, or generated and
@@ -289,7 +424,6 @@ async fn bootstrap(store: &Store, config: &Config) -> Result<Option<String>, Err
     };
     let t = now();
     let account = auth::new_id();
-    store.create_account(&account, "admin", None, t).await?;
     let row = store::TokenRow {
         id: auth::new_id(),
         account_id: account.clone(),
@@ -298,15 +432,13 @@ async fn bootstrap(store: &Store, config: &Config) -> Result<Option<String>, Err
         expires_at: None,
         revoked_at: None,
     };
-    store.create_token(&row, &auth::token_hash(&token)).await?;
+    let change = store::Change::new("system", "token.create", &row.id)
+        .with_key_id(row.id.clone())
+        .with_detail(
+            serde_json::json!({ "account_id": account, "scopes": "admin", "bootstrap": true }),
+        );
     store
-        .audit(
-            t,
-            "system",
-            "token.create",
-            &row.id,
-            &serde_json::json!({ "account_id": account, "scopes": "admin", "bootstrap": true }),
-        )
+        .bootstrap_admin(&account, &row, &auth::token_hash(&token), &change)
         .await?;
     Ok(generated.then_some(token))
 }

@@ -66,24 +66,14 @@ pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<Caller
                 .or(claims["name"].as_str())
                 .unwrap_or(sub)
                 .to_owned();
+            let audit = crate::store::Change::new("system", "account.create", &id)
+                .with_detail(serde_json::json!({ "oidc_subject": subject }));
             match state
                 .store
-                .create_account(&id, &name, Some(&subject), t)
+                .create_account(&id, &name, Some(&subject), t, &audit)
                 .await
             {
-                Ok(()) => {
-                    state
-                        .store
-                        .audit(
-                            t,
-                            "system",
-                            "account.create",
-                            &id,
-                            &serde_json::json!({ "oidc_subject": subject }),
-                        )
-                        .await?;
-                    id
-                }
+                Ok(()) => id,
                 // Two first sign-ins at once: the other one created it.
                 Err(crate::store::StoreError::Conflict(_)) => state
                     .store

@@ -16,6 +16,8 @@ pub struct RouteDoc {
     pub scope: Option<&'static str>,
     /// Request body schema name, if any.
     pub body: Option<&'static str>,
+    /// Success response schema name, if documented.
+    pub response: Option<&'static str>,
     /// Success status.
     pub ok: u16,
 }
@@ -28,6 +30,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Create an agent",
         scope: Some("agents:write"),
         body: Some("Agent"),
+        response: None,
         ok: 201,
     },
     RouteDoc {
@@ -36,6 +39,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "List your agents",
         scope: Some("agents:read"),
         body: None,
+        response: None,
         ok: 200,
     },
     RouteDoc {
@@ -44,6 +48,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Show an agent",
         scope: Some("agents:read"),
         body: None,
+        response: None,
         ok: 200,
     },
     RouteDoc {
@@ -52,6 +57,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Change an agent's metadata",
         scope: Some("agents:write"),
         body: Some("Agent"),
+        response: None,
         ok: 200,
     },
     RouteDoc {
@@ -60,6 +66,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Delete an agent",
         scope: Some("agents:write"),
         body: None,
+        response: None,
         ok: 204,
     },
     RouteDoc {
@@ -68,6 +75,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Add a key (request signed by that key: proof of possession)",
         scope: Some("keys:write"),
         body: Some("AddKey"),
+        response: None,
         ok: 201,
     },
     RouteDoc {
@@ -76,6 +84,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "List keys, retired included",
         scope: Some("agents:read"),
         body: None,
+        response: None,
         ok: 200,
     },
     RouteDoc {
@@ -84,6 +93,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Retire a key",
         scope: Some("keys:write"),
         body: None,
+        response: None,
         ok: 204,
     },
     RouteDoc {
@@ -92,6 +102,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Create an API token (shown once)",
         scope: Some("any"),
         body: Some("NewToken"),
+        response: None,
         ok: 201,
     },
     RouteDoc {
@@ -100,6 +111,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "List tokens (no secrets)",
         scope: Some("any"),
         body: None,
+        response: None,
         ok: 200,
     },
     RouteDoc {
@@ -108,6 +120,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Revoke a token",
         scope: Some("any"),
         body: None,
+        response: None,
         ok: 204,
     },
     RouteDoc {
@@ -116,14 +129,16 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Create an account",
         scope: Some("admin"),
         body: Some("NewAccount"),
+        response: None,
         ok: 201,
     },
     RouteDoc {
         method: "get",
         path: "/v1/audit",
-        summary: "Read the audit trail",
+        summary: "Read the audit trail (a hash chain with signed checkpoints)",
         scope: Some("admin"),
         body: None,
+        response: Some("AuditRecords"),
         ok: 200,
     },
     RouteDoc {
@@ -132,6 +147,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "An agent's published keys (key directory)",
         scope: None,
         body: None,
+        response: None,
         ok: 200,
     },
     RouteDoc {
@@ -140,6 +156,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "An agent's Signature Agent Card",
         scope: None,
         body: None,
+        response: None,
         ok: 200,
     },
     RouteDoc {
@@ -148,6 +165,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "The registry list of card URLs",
         scope: None,
         body: None,
+        response: None,
         ok: 200,
     },
     RouteDoc {
@@ -156,6 +174,16 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Key directory on <agent-id>.<agent-host-suffix>",
         scope: None,
         body: None,
+        response: None,
+        ok: 200,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/.well-known/audit-keys.json",
+        summary: "The public key verifying the audit trail's checkpoints (JWK Set)",
+        scope: None,
+        body: None,
+        response: Some("JwkSet"),
         ok: 200,
     },
     RouteDoc {
@@ -164,6 +192,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "This document",
         scope: None,
         body: None,
+        response: None,
         ok: 200,
     },
 ];
@@ -192,6 +221,38 @@ fn schemas() -> Value {
             "account_id": {"type": "string"}
         }), &["scopes"]),
         "NewAccount": s(json!({ "name": {"type": "string"} }), &["name"]),
+        "AuditRecords": {
+            "type": "object",
+            "properties": {"records": {"type": "array", "items": {"$ref": "#/components/schemas/AuditRecord"}}},
+            "required": ["records"]
+        },
+        "AuditRecord": {
+            "type": "object",
+            "description": "One record of the oba-audit chain in the table audit_log; `oba audit verify --db` checks the chain against /.well-known/audit-keys.json",
+            "properties": {
+                "seq": {"type": "integer", "description": "1, 2, 3, ... without gaps"},
+                "at": {"type": "integer", "description": "unix seconds"},
+                "time_ms": {"type": "integer", "description": "unix milliseconds"},
+                "actor": {"type": ["string", "null"], "description": "account:<id>/token:<id>, account:<id>/oidc or system; null on checkpoints"},
+                "auth_method": {"type": ["string", "null"], "description": "token or oidc"},
+                "action": {"type": "string", "description": "account.create, token.create, token.revoke, agent.create, agent.update, agent.delete, key.add, key.retire, audit.imported, checkpoint, ..."},
+                "target": {"type": ["string", "null"]},
+                "key_id": {"type": ["string", "null"], "description": "a key's thumbprint or a token's id"},
+                "detail": {"description": "small details, never a secret"},
+                "hashes": {"type": "object", "additionalProperties": {"type": "string"}, "description": "request_body: SHA-256, lowercase hex"},
+                "prev": {"type": "string", "description": "hash of record seq - 1 (64 zeros for seq 1)"},
+                "hash": {"type": "string", "description": "SHA-256 of the record's canonical form"},
+                "sig_alg": {"type": ["string", "null"]},
+                "sig_keyid": {"type": ["string", "null"], "description": "checkpoints: the kid at /.well-known/audit-keys.json"},
+                "sig": {"type": ["string", "null"], "description": "checkpoints: base64url signature"}
+            },
+            "required": ["seq", "at", "time_ms", "actor", "auth_method", "action", "target", "key_id", "detail", "hashes", "prev", "hash", "sig_alg", "sig_keyid", "sig"]
+        },
+        "JwkSet": {
+            "type": "object",
+            "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
+            "required": ["keys"]
+        },
         "Error": {
             "type": "object",
             "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}, "required": ["code", "message"]}},
@@ -211,6 +272,15 @@ pub fn document() -> Value {
                 "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         });
+        if let Some(schema) = r.response {
+            let media = if schema == "JwkSet" {
+                crate::audit::JWK_SET_MEDIA_TYPE
+            } else {
+                "application/json"
+            };
+            op["responses"][r.ok.to_string()]["content"] =
+                json!({ media: {"schema": {"$ref": format!("#/components/schemas/{schema}")}} });
+        }
         let params: Vec<Value> = r
             .path
             .split('/')

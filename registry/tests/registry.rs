@@ -15,8 +15,10 @@
 //! well-known directory, `ETag` / `304`); rotation by overlap as seen by the Web Bot Auth
 //! directory client, and a published JWKS that verifiers can always use; concurrent key
 //! additions, replays, duplicates and first sign-ins; JSON errors for malformed requests
-//! and refused extractors; the audit trail; OIDC sign-in against a test issuer;
-//! `/openapi.json` against the router.
+//! and refused extractors; the audit trail, and its hash chain verified with oba-audit
+//! against the published audit key (tampering with rows, concurrent changes, a shutdown
+//! checkpoint, the import of the plain audit table of earlier versions); OIDC sign-in
+//! against a test issuer; `/openapi.json` against the router.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -49,6 +51,8 @@ struct TestDb {
     _dir: Option<tempfile::TempDir>,
     /// PostgreSQL: the base URL and the schemas to drop at the end.
     pg: Option<PgSchemas>,
+    /// PostgreSQL: where the audit key goes (SQLite: the default, next to the file).
+    keys: tempfile::TempDir,
 }
 
 /// The schemas a PostgreSQL test created.
@@ -66,6 +70,7 @@ impl TestDb {
             url,
             _dir: Some(dir),
             pg: None,
+            keys: tempfile::tempdir().expect("temporary directory"),
         }
     }
 
@@ -83,6 +88,7 @@ impl TestDb {
                 schema,
                 extra: Mutex::new(Vec::new()),
             }),
+            keys: tempfile::tempdir().expect("temporary directory"),
         })
     }
 
@@ -98,6 +104,7 @@ impl TestDb {
                     url: schema_url(&pg.base, &schema),
                     _dir: None,
                     pg: None,
+                    keys: tempfile::tempdir().expect("temporary directory"),
                 }
             }
         }
@@ -125,11 +132,17 @@ impl TestDb {
 
     /// The registry settings for this database: loopback, any port, and an authentication
     /// failure limit high enough not to interfere (the tests that exercise it lower it).
+    /// The audit key: next to the SQLite file (the default), in a temporary directory for
+    /// PostgreSQL (whose default is the working directory).
     fn config(&self) -> Config {
         Config {
             listen: "127.0.0.1:0".into(),
             db_url: self.url.clone(),
             auth_failure_limit: 10_000,
+            audit_key_file: self
+                .url
+                .starts_with("postgres")
+                .then(|| self.keys.path().join("registry-audit.jwk")),
             ..Config::default()
         }
     }
@@ -236,15 +249,7 @@ impl std::ops::Deref for Reg {
 
 impl Reg {
     fn new(registry: Registry) -> Reg {
-        let api = Api {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(20))
-                .build()
-                .expect("client"),
-            base: format!("http://{}", registry.addr),
-            admin: registry.admin_token.clone(),
-        };
+        let api = Api::for_registry(&registry);
         Reg { registry, api }
     }
 }
@@ -297,6 +302,19 @@ struct User {
 }
 
 impl Api {
+    /// A client of `registry`, with its admin token if it generated one.
+    fn for_registry(registry: &Registry) -> Api {
+        Api {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client"),
+            base: format!("http://{}", registry.addr),
+            admin: registry.admin_token.clone(),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -531,7 +549,7 @@ both_backends!(
             let names: Vec<&str> = tables.iter().map(|(t,)| t.as_str()).collect();
             assert_eq!(
                 names,
-                ["accounts", "agent_keys", "agents", "audit", "pop_nonces", "tokens"],
+                ["accounts", "agent_keys", "agents", "audit_log", "pop_nonces", "tokens"],
                 "the registry's tables are in the test schema {}",
                 pg.schema
             );
@@ -1917,6 +1935,548 @@ both_backends!(
         assert_eq!(page[1]["seq"].as_i64(), Some(seqs[4]));
         let tail = reg.get(&format!("/v1/audit?after={}", seqs[seqs.len() - 1]), Some(&admin)).await.json();
         assert_eq!(tail["records"], json!([]));
+    }
+);
+
+// =======================================================================================
+// 9b. The audit trail is an oba-audit hash chain, verifiable with the published key.
+
+/// The public audit key as a verifier trusts it: the JWK Set at
+/// `/.well-known/audit-keys.json`.
+async fn published_audit_keys(api: &Api) -> oba_audit::TrustedKeys {
+    let r = api.get("/.well-known/audit-keys.json", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let set = oba_httpsig::jwk::JwkSet::parse(&r.text()).expect("a JWK Set");
+    let mut keys = oba_audit::TrustedKeys::new();
+    assert_eq!(keys.add_jwk_set(&set), 1, "one usable key");
+    keys
+}
+
+/// What `oba audit verify --db URL` does: oba-audit reads the registry's `audit_log`.
+async fn verify_chain(db: &TestDb, keys: &oba_audit::TrustedKeys) -> oba_audit::Report {
+    let log = oba_audit::DbLog::connect_existing(&db.url, None)
+        .await
+        .expect("the registry's audit_log opens as an oba-audit table");
+    let report = log.verify(keys).await.expect("the table reads");
+    log.close().await;
+    report
+}
+
+/// Every record of the chain, as JSON lines (what `oba audit export` prints).
+async fn chain_lines(db: &TestDb) -> Vec<String> {
+    let log = oba_audit::DbLog::connect_existing(&db.url, None)
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    log.scan(None, |r| {
+        lines.push(r.expect("every row decodes").to_line());
+        std::ops::ControlFlow::Continue(())
+    })
+    .await
+    .unwrap();
+    log.close().await;
+    lines
+}
+
+/// Runs SQL on the registry's database as its owner would: the append-only triggers
+/// disabled first (they stop accidents, not an owner).
+fn tamper(db: &TestDb, sql: &str) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    // Boxed here, with owned strings: the Send check of the caller's future stays simple.
+    let (url, sql) = (db.url.clone(), sql.to_owned());
+    Box::pin(async move {
+        use sqlx::Connection as _;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+        let pg = url.starts_with("postgres");
+        let mut stmts: Vec<&str> = if pg {
+            vec!["ALTER TABLE audit_log DISABLE TRIGGER USER"]
+        } else {
+            vec![
+                "DROP TRIGGER IF EXISTS audit_log_no_update",
+                "DROP TRIGGER IF EXISTS audit_log_no_delete",
+            ]
+        };
+        stmts.push(&sql);
+        if pg {
+            stmts.push("ALTER TABLE audit_log ENABLE TRIGGER USER");
+        }
+        for stmt in stmts {
+            sqlx::query(stmt)
+                .execute(&mut conn)
+                .await
+                .expect("tampering SQL");
+        }
+        conn.close().await.ok();
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    oba_audit::sha256_hex(bytes)
+}
+
+both_backends!(
+    /// Token create + revoke and key add + retire (and the accounts and agents around
+    /// them) are chained records: seq 1, 2, 3, ..., each `prev` the hash before, a
+    /// checkpoint every N records signed by the key published at
+    /// `/.well-known/audit-keys.json`; oba-audit verifies the table; records carry who,
+    /// what, which key and body hashes but no secret; a checkpoint on demand signs the
+    /// tail, and a restart continues the chain.
+    audit_chain_verifies_with_the_published_key_sqlite,
+    audit_chain_verifies_with_the_published_key_postgres,
+    |db| {
+        let reg = db.start_with(|c| c.audit_checkpoint_every = 4).await;
+        let admin = reg.admin().to_owned();
+
+        // The published key: one public JWK, kid = the registry's audit key id.
+        let r = reg.get("/.well-known/audit-keys.json", None).await;
+        assert_eq!(r.header("content-type").as_deref(), Some("application/jwk-set+json"));
+        assert!(r.header("etag").is_some(), "cacheable");
+        let set = r.json();
+        assert_eq!(set["keys"][0]["kid"], reg.registry.audit_keyid.as_str());
+        assert_eq!(set["keys"][0]["kty"], "OKP");
+        assert!(set["keys"][0].get("d").is_none(), "never the private part");
+        let keys = published_audit_keys(&reg).await;
+
+        // The private key: a 0600 file, next to the SQLite file by default.
+        let key_file = reg.registry.audit_key_file.clone().expect("a key file");
+        let private = std::fs::read_to_string(&key_file).expect("key file");
+        if let Some(dir) = &db._dir {
+            assert_eq!(key_file, dir.path().join("registry-audit.jwk"));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let private_d = Jwk::parse(&private).unwrap().d.expect("a private key");
+
+        // seq 1: the bootstrap token; 2, 3: the user's account and token.
+        let user = reg.user("chained", "agents:read agents:write keys:write").await;
+        let t = user.token.as_str();
+        // 4: a token (then a checkpoint, 5), 6: its revocation.
+        let body = json!({ "scopes": "agents:read" });
+        let r = reg.post("/v1/tokens", Some(t), &body).await;
+        assert_eq!(r.status, 201);
+        let token2 = r.json();
+        let token2_id = token2["id"].as_str().unwrap().to_owned();
+        let token2_secret = token2["token"].as_str().unwrap().to_owned();
+        let r = reg.call("DELETE", &format!("/v1/tokens/{token2_id}"), Some(t), None).await;
+        assert_eq!(r.status, 204);
+        // 7: an agent, 8: a key, 9: its retirement (then a checkpoint, 10).
+        let agent = reg.create_agent(t, &json!({ "name": "bot" })).await;
+        let id = agent["id"].as_str().unwrap().to_owned();
+        let key = ed25519();
+        let kid = thumbprint(&key);
+        assert_eq!(reg.add_key(t, &id, &key).await.status, 201);
+        let r = reg.call("DELETE", &format!("/v1/agents/{id}/keys/{kid}"), Some(t), None).await;
+        assert_eq!(r.status, 204);
+
+        let report = verify_chain(db, &keys).await;
+        assert_eq!(report.summary(), "ok: 10 records, 2 checkpoints, 0 unsigned at the end");
+        assert_eq!(report.last_seq, 10);
+
+        // The same records through the API, with their place in the chain.
+        let r = reg.get("/v1/audit", Some(&admin)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let records = r.json()["records"].as_array().unwrap().clone();
+        let seqs: Vec<i64> = records.iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        assert_eq!(records[0]["prev"], "0".repeat(64));
+        for w in records.windows(2) {
+            assert_eq!(w[1]["prev"], w[0]["hash"], "record {} links to {}", w[1]["seq"], w[0]["seq"]);
+        }
+        assert_eq!(report.last_hash, records[9]["hash"].as_str().unwrap());
+        let actions: Vec<&str> = records.iter().map(|r| r["action"].as_str().unwrap()).collect();
+        assert_eq!(
+            actions,
+            [
+                "token.create", "account.create", "token.create", "token.create", "checkpoint",
+                "token.revoke", "agent.create", "key.add", "key.retire", "checkpoint"
+            ]
+        );
+        for cp in [&records[4], &records[9]] {
+            assert_eq!(cp["sig_keyid"], reg.registry.audit_keyid.as_str());
+            assert_eq!(cp["sig_alg"], "ed25519");
+            assert!(cp["sig"].is_string());
+            assert_eq!(cp["actor"], Value::Null);
+            assert_eq!(cp["detail"], json!({ "dropped": 0 }));
+        }
+        let user_actor = format!("account:{}/token:{}", user.account, user.token_id);
+        let tc = &records[3];
+        assert_eq!(tc["actor"], user_actor.as_str());
+        assert_eq!(tc["auth_method"], "token");
+        assert_eq!(tc["target"], token2_id.as_str());
+        assert_eq!(tc["key_id"], token2_id.as_str());
+        assert_eq!(tc["detail"]["scopes"], "agents:read");
+        assert_eq!(tc["hashes"]["request_body"], sha256_hex(body.to_string().as_bytes()).as_str());
+        assert_eq!(records[5]["key_id"], token2_id.as_str());
+        assert_eq!(records[5]["target"], token2_id.as_str());
+        for r in [&records[7], &records[8]] {
+            assert_eq!(r["key_id"], kid.as_str());
+            assert_eq!(r["target"], format!("{id}/{kid}").as_str());
+            assert_eq!(r["actor"], user_actor.as_str());
+        }
+        assert!(records[7]["hashes"]["request_body"].is_string());
+        assert_eq!(records[8]["hashes"], json!({}));
+        for r in &records {
+            assert!(r["at"].as_i64().unwrap() > 1_600_000_000);
+            assert_eq!(r["at"].as_i64().unwrap(), r["time_ms"].as_i64().unwrap().div_euclid(1000));
+        }
+
+        // No secret anywhere: not in the API's view, not in a stored row.
+        let stored = chain_lines(db).await.join("\n");
+        for text in [r.text(), stored] {
+            for secret in [
+                admin.as_str(),
+                user.token.as_str(),
+                token2_secret.as_str(),
+                &oba_registry::auth::token_hash(&token2_secret),
+                &oba_registry::auth::token_hash(&user.token),
+                private_d.as_str(),
+            ] {
+                assert!(!text.contains(secret), "a secret in the audit trail");
+            }
+        }
+
+        // One more change is unsigned until a checkpoint signs it.
+        assert_eq!(reg.call("DELETE", &format!("/v1/agents/{id}"), Some(t), None).await.status, 204);
+        let report = verify_chain(db, &keys).await;
+        assert_eq!(report.summary(), "ok: 11 records, 2 checkpoints, 1 unsigned at the end");
+        assert!(reg.registry.audit_checkpoint().await.unwrap(), "a checkpoint written");
+        assert!(!reg.registry.audit_checkpoint().await.unwrap(), "nothing left to sign");
+        let report = verify_chain(db, &keys).await;
+        assert_eq!(report.summary(), "ok: 12 records, 3 checkpoints, 0 unsigned at the end");
+        drop(reg);
+
+        // A restart continues the chain, with the same key; shutdown() signs the tail.
+        let registry = oba_registry::start(db.config()).await.expect("restart");
+        let mut api = Api::for_registry(&registry);
+        assert_eq!(api.admin, None, "no new admin token on restart");
+        api.admin = Some(admin.clone());
+        let (_token, token_id) = api.token_for(&user.account, "agents:read").await;
+        let report = verify_chain(db, &keys).await;
+        assert_eq!(report.summary(), "ok: 13 records, 3 checkpoints, 1 unsigned at the end");
+        registry.shutdown().await.expect("shutdown signs the tail");
+        let report = verify_chain(db, &keys).await;
+        assert_eq!(report.summary(), "ok: 14 records, 4 checkpoints, 0 unsigned at the end");
+        let lines = chain_lines(db).await;
+        let r13 = oba_audit::AuditRecord::parse_line(lines[12].as_bytes()).unwrap();
+        assert_eq!(r13.event.key_id.as_deref(), Some(token_id.as_str()));
+    }
+);
+
+both_backends!(
+    /// Altering one row of `audit_log` (an UPDATE, as the table's owner) is detected and
+    /// named by its seq; putting the value back makes the chain whole again; deleting a
+    /// row is detected as removed. The registry still starts on the tampered database and
+    /// keeps chaining (the verifier keeps naming the first problem).
+    audit_tampering_is_detected_sqlite,
+    audit_tampering_is_detected_postgres,
+    |db| {
+        let reg = db.start_with(|c| c.audit_checkpoint_every = 3).await;
+        let keys = published_audit_keys(&reg).await;
+        // 1 bootstrap, 2 account, 3 token, 4 checkpoint, 5 agent, 6 key added, 7 key
+        // retired, 8 checkpoint.
+        let user = reg.user("victim", "agents:read agents:write keys:write").await;
+        let agent = reg.create_agent(&user.token, &json!({ "name": "bot" })).await;
+        let id = agent["id"].as_str().unwrap().to_owned();
+        let key = ed25519();
+        assert_eq!(reg.add_key(&user.token, &id, &key).await.status, 201);
+        let r = reg
+            .call("DELETE", &format!("/v1/agents/{id}/keys/{}", thumbprint(&key)), Some(&user.token), None)
+            .await;
+        assert_eq!(r.status, 204);
+        let records = reg.get("/v1/audit", Some(reg.admin())).await.json()["records"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(records.len(), 8);
+        assert_eq!(records[5]["action"], "key.add");
+        let admin = reg.admin().to_owned();
+        drop(reg);
+        let report = verify_chain(db, &keys).await;
+        assert_eq!(report.summary(), "ok: 8 records, 2 checkpoints, 0 unsigned at the end");
+
+        // Who added the key: rewritten.
+        tamper(db, "UPDATE audit_log SET actor = 'account:mallory/token:x' WHERE seq = 6").await;
+        let report = verify_chain(db, &keys).await;
+        assert_eq!(report.problem, Some(oba_audit::Problem::Altered { seq: 6 }));
+        assert_eq!(report.summary(), "TAMPERED: record 6 was altered");
+        assert_eq!(report.records, 5, "the records before it verified");
+        // Back as it was: whole again.
+        let original = records[5]["actor"].as_str().unwrap();
+        tamper(db, &format!("UPDATE audit_log SET actor = '{original}' WHERE seq = 6")).await;
+        assert!(verify_chain(db, &keys).await.is_intact());
+        // A detail (the key's validity) rewritten: detected too.
+        tamper(db, "UPDATE audit_log SET details = replace(details, 'null', '1') WHERE seq = 6").await;
+        assert_eq!(
+            verify_chain(db, &keys).await.problem,
+            Some(oba_audit::Problem::Altered { seq: 6 })
+        );
+        tamper(db, "UPDATE audit_log SET details = replace(details, ':1', ':null') WHERE seq = 6").await;
+        assert!(verify_chain(db, &keys).await.is_intact());
+
+        // The agent's creation: deleted.
+        tamper(db, "DELETE FROM audit_log WHERE seq = 5").await;
+        let report = verify_chain(db, &keys).await;
+        assert_eq!(
+            report.problem,
+            Some(oba_audit::Problem::Removed { after_seq: 4, expected_seq: 5 })
+        );
+        assert_eq!(report.summary(), "TAMPERED: record 5 was removed (after record 4)");
+
+        // The registry starts anyway and records the next change after the tail.
+        let registry = oba_registry::start(db.config()).await.expect("starts on a tampered trail");
+        let mut api = Api::for_registry(&registry);
+        api.admin = Some(admin);
+        api.user("after", "agents:read").await;
+        registry.shutdown().await.unwrap();
+        let lines = chain_lines(db).await;
+        let last = oba_audit::AuditRecord::parse_line(lines.last().unwrap().as_bytes()).unwrap();
+        assert_eq!(last.seq, 11, "8, then account, token, checkpoint");
+        assert!(last.is_checkpoint());
+        assert_eq!(
+            verify_chain(db, &keys).await.problem,
+            Some(oba_audit::Problem::Removed { after_seq: 4, expected_seq: 5 }),
+            "still the first problem"
+        );
+    }
+);
+
+both_backends!(
+    /// 20 token creations at once (and, on PostgreSQL, 10 more through a second registry
+    /// on the same database, as another process would) make one unbroken chain: every
+    /// token recorded once, seq without gaps or forks, checkpoints where due.
+    audit_chain_survives_concurrent_changes_sqlite,
+    audit_chain_survives_concurrent_changes_postgres,
+    |db| {
+        let reg = db.start_with(|c| c.audit_checkpoint_every = 5).await;
+        let keys = published_audit_keys(&reg).await;
+        let account = reg.user("many", "agents:read").await.account;
+        let second = if db.pg.is_some() {
+            let r = oba_registry::start(Config {
+                audit_checkpoint_every: 5,
+                ..db.config()
+            })
+            .await
+            .expect("a second registry on the same database");
+            let mut api = Api::for_registry(&r);
+            api.admin = Some(reg.admin().to_owned());
+            Some((r, api))
+        } else {
+            None
+        };
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let api = match (&second, i >= 20) {
+                (Some((_, b)), true) => b.clone(),
+                (None, true) => break,
+                _ => reg.api.clone(),
+            };
+            let account = account.clone();
+            tasks.push(tokio::spawn(async move { api.token_for(&account, "agents:read").await.1 }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.expect("task"));
+        }
+        let created = ids.len();
+        assert_eq!(created, if db.pg.is_some() { 30 } else { 20 });
+
+        let report = verify_chain(db, &keys).await;
+        assert!(report.is_intact(), "{}: {:?}", report.summary(), report.detail);
+        let lines = chain_lines(db).await;
+        let records: Vec<oba_audit::AuditRecord> = lines
+            .iter()
+            .map(|l| oba_audit::AuditRecord::parse_line(l.as_bytes()).unwrap())
+            .collect();
+        assert_eq!(report.records, records.len() as u64);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(r.seq, i as u64 + 1, "no gap, no duplicate");
+        }
+        // 3 records before (bootstrap, account, token), then one per token.
+        let events: Vec<&oba_audit::AuditRecord> = records.iter().filter(|r| !r.is_checkpoint()).collect();
+        assert_eq!(events.len(), 3 + created);
+        for id in &ids {
+            let n = events
+                .iter()
+                .filter(|r| r.event.kind.as_str() == "token.create" && r.event.key_id.as_deref() == Some(id.as_str()))
+                .count();
+            assert_eq!(n, 1, "token {id} recorded once");
+        }
+        // A checkpoint after every 5 unsigned records, never more than 5 in a row.
+        let mut run = 0;
+        for r in &records {
+            if r.is_checkpoint() {
+                assert_eq!(run, 5, "checkpoint {} after {run} records", r.seq);
+                run = 0;
+            } else {
+                run += 1;
+            }
+        }
+        assert!(run < 5);
+        assert_eq!(report.checkpoints, (events.len() / 5) as u64);
+        if let Some((r, _)) = second {
+            r.stop();
+        }
+    }
+);
+
+both_backends!(
+    /// However rarely the registry changes, no record stays unsigned much longer than
+    /// `audit_checkpoint_interval`; an idle registry writes no empty checkpoints; zero
+    /// settings are refused.
+    audit_tail_is_signed_within_the_interval_sqlite,
+    audit_tail_is_signed_within_the_interval_postgres,
+    |db| {
+        for bad in [
+            Config { audit_checkpoint_every: 0, ..db.config() },
+            Config { audit_checkpoint_interval: Duration::ZERO, ..db.config() },
+        ] {
+            assert!(matches!(oba_registry::start(bad).await, Err(oba_registry::Error::Config(_))));
+        }
+        let reg = db
+            .start_with(|c| c.audit_checkpoint_interval = Duration::from_millis(200))
+            .await;
+        let keys = published_audit_keys(&reg).await;
+        reg.user("rare", "agents:read").await;
+        let started = Instant::now();
+        let report = loop {
+            let report = verify_chain(db, &keys).await;
+            assert!(report.is_intact(), "{}", report.summary());
+            if report.unsigned_tail == 0 && report.records > 0 {
+                break report;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{}", report.summary());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(report.checkpoints >= 1);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let idle = verify_chain(db, &keys).await;
+        assert_eq!(idle.records, report.records, "no checkpoint while nothing is unsigned");
+    }
+);
+
+/// Creates the plain `audit` table of earlier versions, with rows, as they left it.
+async fn legacy_audit_table(db: &TestDb, rows: &[(i64, &str, &str, &str, &str)]) {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let pg = db.url.starts_with("postgres");
+    let url = if pg {
+        db.url.clone()
+    } else {
+        format!("{}?mode=rwc", db.url)
+    };
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    let ddl = if pg {
+        "CREATE TABLE IF NOT EXISTS audit (seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL)"
+    } else {
+        "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL)"
+    };
+    sqlx::query(ddl)
+        .execute(&mut conn)
+        .await
+        .expect("old table");
+    for (at, actor, action, target, detail) in rows {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(*at)
+        .bind(*actor)
+        .bind(*action)
+        .bind(*target)
+        .bind(*detail)
+        .execute(&mut conn)
+        .await
+        .expect("old row");
+    }
+    conn.close().await.ok();
+}
+
+/// The number of rows of a table, if it exists.
+async fn table_rows(db: &TestDb, table: &str) -> Option<i64> {
+    use sqlx::{Connection as _, Row as _};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    let n = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+        .fetch_one(&mut conn)
+        .await
+        .ok()
+        .map(|r| r.try_get::<i64, _>("n").unwrap());
+    conn.close().await.ok();
+    n
+}
+
+both_backends!(
+    /// A database of an earlier version, with its plain `audit` table: the first start
+    /// appends those rows to the chain (order, time, actor, action, target, detail kept),
+    /// records the import and signs it; the old table is kept as `audit_legacy`; later
+    /// starts import nothing more. An `audit` table written again later (an old binary
+    /// run on the database) is imported the same way, kept under another name.
+    legacy_audit_table_is_imported_into_the_chain_sqlite,
+    legacy_audit_table_is_imported_into_the_chain_postgres,
+    |db| {
+        legacy_audit_table(
+            db,
+            &[
+                (1_700_000_000, "system", "token.create", "tok1", r#"{"bootstrap":true,"scopes":"admin"}"#),
+                (1_700_000_100, "account:a/token:tok1", "agent.create", "ag1", r#"{"name":"old bot"}"#),
+                (1_700_000_200, "account:a/token:tok1", "key.add", "ag1/KID", "null"),
+            ],
+        )
+        .await;
+        let reg = db.start().await;
+        let keys = published_audit_keys(&reg).await;
+        let records = reg.get("/v1/audit", Some(reg.admin())).await.json()["records"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let actions: Vec<&str> = records.iter().map(|r| r["action"].as_str().unwrap()).collect();
+        assert_eq!(
+            actions,
+            ["token.create", "agent.create", "key.add", "audit.imported", "checkpoint", "token.create"],
+            "the old rows, the import, its checkpoint, then this start's bootstrap"
+        );
+        assert_eq!(records[0]["at"], 1_700_000_000);
+        assert_eq!(records[0]["actor"], "system");
+        assert_eq!(records[0]["target"], "tok1");
+        assert_eq!(records[0]["key_id"], "tok1");
+        assert_eq!(records[0]["detail"], json!({ "bootstrap": true, "scopes": "admin" }));
+        assert_eq!(records[1]["detail"]["name"], "old bot");
+        assert_eq!(records[2]["key_id"], "KID");
+        assert_eq!(records[2]["detail"], Value::Null);
+        assert_eq!(records[3]["detail"]["kept_as"], "audit_legacy");
+        assert_eq!(records[3]["detail"]["records"], 3);
+        assert_eq!(records[5]["detail"]["bootstrap"], true);
+        let lines = chain_lines(db).await;
+        assert!(lines[1].contains(r#""legacy_seq":2"#), "{}", lines[1]);
+        let report = verify_chain(db, &keys).await;
+        assert_eq!(report.summary(), "ok: 6 records, 1 checkpoints, 1 unsigned at the end");
+        assert_eq!(table_rows(db, "audit").await, None, "the old table is gone...");
+        assert_eq!(table_rows(db, "audit_legacy").await, Some(3), "...kept under its new name");
+        drop(reg);
+
+        // A restart imports nothing; an old binary's new rows are imported once more.
+        let reg = db.start().await;
+        drop(reg);
+        assert_eq!(chain_lines(db).await.len(), 6);
+        legacy_audit_table(db, &[(1_700_000_300, "system", "agent.delete", "ag1", "null")]).await;
+        let reg = db.start().await;
+        drop(reg);
+        let lines = chain_lines(db).await;
+        let tail: Vec<oba_audit::AuditRecord> = lines[6..]
+            .iter()
+            .map(|l| oba_audit::AuditRecord::parse_line(l.as_bytes()).unwrap())
+            .collect();
+        let kinds: Vec<&str> = tail.iter().map(|r| r.event.kind.as_str()).collect();
+        assert_eq!(kinds, ["agent.delete", "audit.imported", "checkpoint"]);
+        assert_eq!(tail[1].event.details["kept_as"], "audit_legacy_7");
+        assert_eq!(table_rows(db, "audit_legacy_7").await, Some(1));
+        assert_eq!(table_rows(db, "audit").await, None);
+        assert!(verify_chain(db, &keys).await.is_intact());
     }
 );
 

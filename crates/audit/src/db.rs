@@ -11,13 +11,11 @@
 //! connection's `search_path` or in the schema given to [`DbLog::connect`] (created if
 //! missing; every pooled connection uses it as its `search_path`).
 
-use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -26,82 +24,13 @@ use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
 use crate::error::{AuditError, Result};
 use crate::keys::TrustedKeys;
-use crate::record::{canonical_object, canonical_string_map, AuditEvent, AuditRecord, Kind};
+use crate::record::AuditRecord;
 use crate::sink::AuditSink;
+use crate::sql::{decode_row, insert, COLUMNS, PG_SCHEMA, SCHEMA_LOCK, SELECT_TAIL, SQLITE_SCHEMA};
 use crate::verify::{ChainVerifier, Malformed, Report};
 
-const SQLITE_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS audit_log (
-    seq         INTEGER PRIMARY KEY,
-    prev        TEXT    NOT NULL,
-    time_ms     INTEGER NOT NULL,
-    kind        TEXT    NOT NULL,
-    actor       TEXT,
-    auth_method TEXT,
-    key_id      TEXT,
-    tenant      TEXT,
-    route       TEXT,
-    request_id  TEXT,
-    reason      TEXT,
-    hashes      TEXT    NOT NULL,
-    details     TEXT    NOT NULL,
-    sig_alg     TEXT,
-    sig_keyid   TEXT,
-    sig         TEXT,
-    hash        TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time_ms);
-CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
-BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
-BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-"#;
-
-const PG_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS audit_log (
-    seq         BIGINT PRIMARY KEY,
-    prev        TEXT   NOT NULL,
-    time_ms     BIGINT NOT NULL,
-    kind        TEXT   NOT NULL,
-    actor       TEXT,
-    auth_method TEXT,
-    key_id      TEXT,
-    tenant      TEXT,
-    route       TEXT,
-    request_id  TEXT,
-    reason      TEXT,
-    hashes      TEXT   NOT NULL,
-    details     TEXT   NOT NULL,
-    sig_alg     TEXT,
-    sig_keyid   TEXT,
-    sig         TEXT,
-    hash        TEXT   NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time_ms);
-CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS
-$$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$;
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                   WHERE tgname = 'audit_log_no_change' AND tgrelid = 'audit_log'::regclass) THEN
-        CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
-            FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                   WHERE tgname = 'audit_log_no_truncate' AND tgrelid = 'audit_log'::regclass) THEN
-        CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
-            FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
-    END IF;
-END $$;
-"#;
-
-/// Advisory lock key serialising table creation ("oba-aud" in ASCII).
-const SCHEMA_LOCK: i64 = 0x006f_6261_2d61_7564;
-
-const COLUMNS: &str = "seq, prev, time_ms, kind, actor, auth_method, key_id, tenant, route, \
-     request_id, reason, hashes, details, sig_alg, sig_keyid, sig, hash";
-
 /// Rows per read and per `INSERT` statement.
-const PAGE: usize = 500;
+const PAGE: usize = crate::sql::MAX_INSERT_ROWS;
 
 /// Rows read: each with its seq, decoded or not.
 type Page = Vec<(i64, std::result::Result<AuditRecord, String>)>;
@@ -299,7 +228,7 @@ impl DbLog {
                 rows.iter()
                     .map(|r| {
                         let seq: i64 = r.try_get("seq").map_err(sqlite_err)?;
-                        Ok((seq, decode(r)))
+                        Ok((seq, decode_row(r)))
                     })
                     .collect()
             }
@@ -316,7 +245,7 @@ impl DbLog {
                 rows.iter()
                     .map(|r| {
                         let seq: i64 = r.try_get("seq").map_err(pg_err)?;
-                        Ok((seq, decode(r)))
+                        Ok((seq, decode_row(r)))
                     })
                     .collect()
             }
@@ -324,119 +253,23 @@ impl DbLog {
     }
 }
 
-/// A row as a record (the error says which column does not decode).
-fn decode<'r, R>(row: &'r R) -> std::result::Result<AuditRecord, String>
-where
-    R: Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let text = |c: &str| -> std::result::Result<String, String> {
-        row.try_get::<String, _>(c).map_err(|e| format!("{c}: {e}"))
-    };
-    let opt = |c: &str| -> std::result::Result<Option<String>, String> {
-        row.try_get::<Option<String>, _>(c)
-            .map_err(|e| format!("{c}: {e}"))
-    };
-    let seq: i64 = row.try_get("seq").map_err(|e| format!("seq: {e}"))?;
-    let seq = u64::try_from(seq).map_err(|_| format!("seq {seq} is negative"))?;
-    let hashes: BTreeMap<String, String> =
-        serde_json::from_str(&text("hashes")?).map_err(|e| format!("hashes: {e}"))?;
-    let details: Map<String, Value> =
-        serde_json::from_str(&text("details")?).map_err(|e| format!("details: {e}"))?;
-    Ok(AuditRecord {
-        seq,
-        prev: text("prev")?,
-        event: AuditEvent {
-            time_ms: row
-                .try_get::<i64, _>("time_ms")
-                .map_err(|e| format!("time_ms: {e}"))?,
-            kind: Kind::parse(&text("kind")?),
-            actor: opt("actor")?,
-            auth_method: opt("auth_method")?,
-            key_id: opt("key_id")?,
-            tenant: opt("tenant")?,
-            route: opt("route")?,
-            request_id: opt("request_id")?,
-            reason: opt("reason")?,
-            hashes,
-            details,
-        },
-        sig_alg: opt("sig_alg")?,
-        sig_keyid: opt("sig_keyid")?,
-        sig: opt("sig")?,
-        hash: text("hash")?,
-    })
-}
-
-/// One row's bind values.
-struct RowValues<'a> {
-    seq: i64,
-    r: &'a AuditRecord,
-    hashes: String,
-    details: String,
-}
-
-fn row_values(records: &[AuditRecord]) -> Result<Vec<RowValues<'_>>> {
-    records
-        .iter()
-        .map(|r| {
-            Ok(RowValues {
-                seq: i64::try_from(r.seq)
-                    .map_err(|_| AuditError::Invalid(format!("seq {} is too large", r.seq)))?,
-                r,
-                hashes: canonical_string_map(&r.event.hashes),
-                details: canonical_object(&r.event.details),
-            })
-        })
-        .collect()
-}
-
-macro_rules! push_row {
-    ($b:expr, $v:expr) => {{
-        let v = $v;
-        let e = &v.r.event;
-        $b.push_bind(v.seq)
-            .push_bind(v.r.prev.as_str())
-            .push_bind(e.time_ms)
-            .push_bind(e.kind.as_str())
-            .push_bind(e.actor.as_deref())
-            .push_bind(e.auth_method.as_deref())
-            .push_bind(e.key_id.as_deref())
-            .push_bind(e.tenant.as_deref())
-            .push_bind(e.route.as_deref())
-            .push_bind(e.request_id.as_deref())
-            .push_bind(e.reason.as_deref())
-            .push_bind(v.hashes.as_str())
-            .push_bind(v.details.as_str())
-            .push_bind(v.r.sig_alg.as_deref())
-            .push_bind(v.r.sig_keyid.as_deref())
-            .push_bind(v.r.sig.as_deref())
-            .push_bind(v.r.hash.as_str());
-    }};
-}
-
 #[async_trait::async_trait]
 impl AuditSink for DbLog {
     async fn tail(&self) -> Result<Option<AuditRecord>> {
-        let sql = format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1");
         let record = match &self.backend {
             Backend::Sqlite(pool) => {
-                let row = sqlx::query(&sql)
+                let row = sqlx::query(SELECT_TAIL)
                     .fetch_optional(pool)
                     .await
                     .map_err(sqlite_err)?;
-                row.map(|r| decode(&r)).transpose()
+                row.map(|r| decode_row(&r)).transpose()
             }
             Backend::Postgres(pool) => {
-                let row = sqlx::query(&sql)
+                let row = sqlx::query(SELECT_TAIL)
                     .fetch_optional(pool)
                     .await
                     .map_err(pg_err)?;
-                row.map(|r| decode(&r)).transpose()
+                row.map(|r| decode_row(&r)).transpose()
             }
         }
         .map_err(|e| AuditError::Corrupt(format!("the last row of audit_log: {e}")))?;
@@ -453,24 +286,26 @@ impl AuditSink for DbLog {
         if records.is_empty() {
             return Ok(());
         }
-        let values = row_values(records)?;
-        let insert = format!("INSERT INTO audit_log ({COLUMNS}) ");
         match &self.backend {
             Backend::Sqlite(pool) => {
                 let mut tx = pool.begin().await.map_err(sqlite_err)?;
-                for chunk in values.chunks(PAGE) {
-                    let mut qb = QueryBuilder::<Sqlite>::new(&insert);
-                    qb.push_values(chunk, |mut b, v| push_row!(b, v));
-                    qb.build().execute(&mut *tx).await.map_err(sqlite_err)?;
+                for chunk in records.chunks(PAGE) {
+                    let stmt = insert(chunk)?;
+                    stmt.query::<Sqlite>()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(sqlite_err)?;
                 }
                 tx.commit().await.map_err(sqlite_err)
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(pg_err)?;
-                for chunk in values.chunks(PAGE) {
-                    let mut qb = QueryBuilder::<Postgres>::new(&insert);
-                    qb.push_values(chunk, |mut b, v| push_row!(b, v));
-                    qb.build().execute(&mut *tx).await.map_err(pg_err)?;
+                for chunk in records.chunks(PAGE) {
+                    let stmt = insert(chunk)?;
+                    stmt.query::<Postgres>()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(pg_err)?;
                 }
                 tx.commit().await.map_err(pg_err)
             }

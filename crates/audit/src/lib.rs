@@ -16,6 +16,11 @@
 //!   restart from their last record, after checking its hash.
 //! * [`verify`] / [`verify_file`] / [`DbLog::verify`] walk a chain and name the first
 //!   [`Problem`]; `oba audit verify` is the command line for it.
+//! * Synchronous, transactional appends for a service whose changes must not go
+//!   unrecorded (the registry): [`ChainHead`], the sans-IO core every writer shares
+//!   (seq, `prev`, hash, signed checkpoints), and [`sql`], the `audit_log` table as SQL,
+//!   so the record is written in the same database transaction as the change it records
+//!   — same table and rows as [`DbLog`], so the same verifier reads them.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -174,19 +179,24 @@
 //!   touched while the gateway was down.
 //! * The writer is one process per chain. Two processes appending to one file corrupt
 //!   it; two on one table serialise through the primary key (the loser re-chains after
-//!   the winner) but their checkpoints then interleave.
+//!   the winner) but their checkpoints then interleave. Writers appending through
+//!   [`sql`] in their own transactions serialise explicitly (an advisory lock on
+//!   PostgreSQL) and read the tail each time, so any number of them share one chain.
 //! * No rotation or retention: a trail grows until an operator archives it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod chain;
 mod db;
 mod error;
 mod keys;
 mod record;
 mod sink;
+pub mod sql;
 mod verify;
 mod writer;
 
+pub use chain::ChainHead;
 pub use db::DbLog;
 pub use error::{AuditError, Result};
 pub use keys::{CheckpointSigner, TrustedKeys};

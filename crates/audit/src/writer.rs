@@ -10,9 +10,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::chain::ChainHead;
 use crate::error::{AuditError, Result};
 use crate::keys::CheckpointSigner;
-use crate::record::{now_ms, AuditEvent, AuditRecord, Kind, GENESIS};
+use crate::record::{AuditEvent, AuditRecord};
 use crate::sink::AuditSink;
 
 /// Writer settings.
@@ -153,25 +154,23 @@ impl AuditLog {
         }
         let tail = sink.tail().await?;
         let counters = Arc::new(Counters::default());
-        let (next_seq, last_hash, unsigned) = match &tail {
+        let head = match &tail {
             Some(t) => {
                 counters.last_seq.store(t.seq, Ordering::Relaxed);
                 // An unsigned tail left by a crash is signed by the next checkpoint.
-                (t.seq + 1, t.hash.clone(), u64::from(!t.is_checkpoint()))
+                ChainHead::after(t, u64::from(!t.is_checkpoint()))
             }
-            None => (1, GENESIS.to_owned(), 0),
+            None => ChainHead::new(),
         };
         let (events_tx, events_rx) = mpsc::channel(config.queue_capacity.max(1));
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
-        let deadline = (unsigned > 0).then(|| Instant::now() + config.checkpoint_interval);
+        let deadline = (head.unsigned() > 0).then(|| Instant::now() + config.checkpoint_interval);
         let task = Task {
             sink: Box::new(sink),
             signer,
             config,
             counters: counters.clone(),
-            next_seq,
-            last_hash,
-            unsigned,
+            head,
             deadline,
             dropped_signed: 0,
         };
@@ -259,11 +258,8 @@ struct Task {
     signer: CheckpointSigner,
     config: AuditConfig,
     counters: Arc<Counters>,
-    /// The chain as written: the next seq and the last record's hash.
-    next_seq: u64,
-    last_hash: String,
-    /// Records written since the last checkpoint.
-    unsigned: u64,
+    /// The chain as written: the last record and the records since the last checkpoint.
+    head: ChainHead,
     /// When the unsigned records must be signed.
     deadline: Option<Instant>,
     /// `dropped` as reported by the last checkpoint written.
@@ -273,9 +269,7 @@ struct Task {
 /// A batch ready to write, and the chain state once it is written.
 struct Built {
     records: Vec<AuditRecord>,
-    next_seq: u64,
-    last_hash: String,
-    unsigned: u64,
+    head: ChainHead,
     events: u64,
     checkpoints: u64,
     dropped_signed: u64,
@@ -371,26 +365,28 @@ impl Task {
     fn build(&self, events: Vec<AuditEvent>, force_checkpoint: bool) -> Built {
         let mut b = Built {
             records: Vec::with_capacity(events.len() + 1),
-            next_seq: self.next_seq,
-            last_hash: self.last_hash.clone(),
-            unsigned: self.unsigned,
+            head: self.head.clone(),
             events: 0,
             checkpoints: 0,
             dropped_signed: self.dropped_signed,
         };
-        for mut event in events {
-            event.normalize();
-            let r = AuditRecord::seal(b.next_seq, std::mem::take(&mut b.last_hash), event);
-            b.last_hash.clone_from(&r.hash);
-            b.records.push(r);
-            b.next_seq += 1;
-            b.unsigned += 1;
-            b.events += 1;
-            if b.unsigned >= self.config.checkpoint_every {
+        for event in events {
+            match b.head.seal(event) {
+                Ok(r) => {
+                    b.records.push(r);
+                    b.events += 1;
+                }
+                // Only a `checkpoint` kind, which `record` already refuses.
+                Err(_) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            if b.head.unsigned() >= self.config.checkpoint_every {
                 self.push_checkpoint(&mut b);
             }
         }
-        if force_checkpoint && b.unsigned > 0 {
+        if force_checkpoint && b.head.unsigned() > 0 {
             self.push_checkpoint(&mut b);
         }
         b
@@ -398,20 +394,20 @@ impl Task {
 
     fn push_checkpoint(&self, b: &mut Built) {
         let dropped = self.counters.dropped.load(Ordering::Relaxed);
-        let event = AuditEvent::new(Kind::Checkpoint, now_ms())
-            .with_detail("dropped", dropped.saturating_sub(b.dropped_signed));
-        let mut r = AuditRecord::seal(b.next_seq, b.last_hash.clone(), event);
-        if self.signer.sign_checkpoint(&mut r).is_err() {
+        match b
+            .head
+            .checkpoint(&self.signer, dropped.saturating_sub(b.dropped_signed))
+        {
+            Ok(r) => {
+                b.records.push(r);
+                b.checkpoints += 1;
+                b.dropped_signed = dropped;
+            }
             // Unsigned records stay unsigned; the next checkpoint covers them.
-            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-            return;
+            Err(_) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        b.last_hash.clone_from(&r.hash);
-        b.records.push(r);
-        b.next_seq += 1;
-        b.unsigned = 0;
-        b.checkpoints += 1;
-        b.dropped_signed = dropped;
     }
 
     /// Builds and appends a batch, retrying with back-off. After a failure the sink's
@@ -442,11 +438,10 @@ impl Task {
                     self.commit(built);
                     return Ok(());
                 }
-                if tail.seq >= self.next_seq {
+                if tail.seq > self.head.last_seq() {
                     // Only ever forwards: a tail behind us (a truncated sink) is left
                     // for the verifier to report as removed records.
-                    self.next_seq = tail.seq + 1;
-                    self.last_hash = tail.hash;
+                    self.head = ChainHead::after(&tail, self.head.unsigned());
                     self.counters.last_seq.store(tail.seq, Ordering::Relaxed);
                 }
             }
@@ -463,9 +458,7 @@ impl Task {
     }
 
     fn commit(&mut self, b: Built) {
-        self.next_seq = b.next_seq;
-        self.last_hash = b.last_hash;
-        self.unsigned = b.unsigned;
+        self.head = b.head;
         self.dropped_signed = b.dropped_signed;
         self.counters.written.fetch_add(b.events, Ordering::Relaxed);
         self.counters
@@ -473,8 +466,8 @@ impl Task {
             .fetch_add(b.checkpoints, Ordering::Relaxed);
         self.counters
             .last_seq
-            .store(b.next_seq - 1, Ordering::Relaxed);
-        if self.unsigned == 0 {
+            .store(self.head.last_seq(), Ordering::Relaxed);
+        if self.head.unsigned() == 0 {
             self.deadline = None;
         } else if self.deadline.is_none() {
             self.deadline = Some(Instant::now() + self.config.checkpoint_interval);
