@@ -976,7 +976,6 @@ async fn proxy_inner(
     }
     let mut body_changed = false;
     let mut strip_usage = false;
-    let mut prompt_estimate = 0;
     if s.metering.is_some() {
         let mut r =
             oba_ledger::UsageRecord::new(&request_id, memory::now_ms(), &principal.id, path);
@@ -991,7 +990,6 @@ async fn proxy_inner(
         r.bytes_in = body.len() as u64;
         pending.meter = Some(r);
         if let Some(v) = parsed.as_mut() {
-            prompt_estimate = metering::estimate(metering::prompt_bytes(v));
             // Exact counts for OpenAI-style streams: ask for the usage chunk, and take it
             // out of the client's stream if the client did not ask for it.
             if matches!(path, "/v1/chat/completions" | "/v1/completions") {
@@ -1042,8 +1040,19 @@ async fn proxy_inner(
     }
     // Budgets: the request's largest cost (recalled memory included) reserved, all or
     // nothing.
+    // The prompt as forwarded (recalled memory included), measured once for the
+    // estimate (an upstream that reports no counts) and the budget reservation.
+    let prompt = if s.metering.is_some() || s.budgets.is_some() {
+        parsed.as_ref().map_or(body.len(), metering::prompt_bytes)
+    } else {
+        0
+    };
+    let prompt_estimate = if parsed.is_some() {
+        metering::estimate(prompt)
+    } else {
+        0
+    };
     if let Some(b) = &s.budgets {
-        let prompt = parsed.as_ref().map_or(body.len(), metering::prompt_bytes);
         match b
             .reserve(&principal, path, parsed.as_mut(), prompt, memory::now_ms())
             .await

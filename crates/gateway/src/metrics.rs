@@ -56,7 +56,8 @@ pub struct Metrics {
     auth_failures: Mutex<BTreeMap<String, u64>>,
     latency: Mutex<BTreeMap<&'static str, Hist>>,
     upstream_ttfb: Mutex<BTreeMap<&'static str, Hist>>,
-    tokens: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// Per model label: [prompt, completion].
+    tokens: Mutex<BTreeMap<String, [u64; 2]>>,
     budget_refusals: Mutex<BTreeMap<&'static str, u64>>,
     disconnects: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -126,15 +127,20 @@ impl Metrics {
     pub fn tokens(&self, model: Option<&str>, prompt: u64, completion: u64) {
         if let Ok(mut m) = self.tokens.lock() {
             let model = model.unwrap_or("none");
-            let known = m.keys().any(|(_, k)| k == model);
-            let distinct = m.len() / 2;
-            let label = if known || distinct < MAX_MODEL_LABELS {
-                model.to_owned()
-            } else {
-                "other".to_owned()
+            let counts = match m.get_mut(model) {
+                Some(c) => c,
+                None => {
+                    // A new model: a label of its own while there is room, else `other`.
+                    let label = if m.len() < MAX_MODEL_LABELS {
+                        model
+                    } else {
+                        "other"
+                    };
+                    m.entry(label.to_owned()).or_default()
+                }
             };
-            *m.entry(("prompt", label.clone())).or_default() += prompt;
-            *m.entry(("completion", label)).or_default() += completion;
+            counts[0] += prompt;
+            counts[1] += completion;
         }
     }
 
@@ -193,12 +199,14 @@ impl Metrics {
         );
         out.push_str("# HELP attach_tokens_total Tokens billed, by direction and model (at most 32 model labels, then other).\n# TYPE attach_tokens_total counter\n");
         if let Ok(m) = self.tokens.lock() {
-            for ((direction, model), n) in m.iter() {
+            for (model, [prompt, completion]) in m.iter() {
                 let model = model.replace(['\\', '"', '\n'], "_");
-                let _ = writeln!(
-                    out,
-                    "attach_tokens_total{{direction=\"{direction}\",model=\"{model}\"}} {n}"
-                );
+                for (direction, n) in [("prompt", prompt), ("completion", completion)] {
+                    let _ = writeln!(
+                        out,
+                        "attach_tokens_total{{direction=\"{direction}\",model=\"{model}\"}} {n}"
+                    );
+                }
             }
         }
         out.push_str("# HELP attach_budget_refusals_total Requests refused by a budget, by what ran out.\n# TYPE attach_budget_refusals_total counter\n");
@@ -256,14 +264,13 @@ mod tests {
     }
 
     #[test]
-    fn model_labels_are_bounded_and_escaped() {
+    fn model_labels_are_bounded() {
         let m = Metrics::default();
         for i in 0..100 {
             m.tokens(Some(&format!("model-{i}")), 1, 2);
         }
-        // Models 32..99 (68 of them) and the one below go to `other`: 68 × 2 + 1.
+        // Models 32..99 (68 of them) go to `other`: 68 × 2; model-0 keeps its label.
         m.tokens(Some("model-0"), 10, 20);
-        m.tokens(Some("evil\"} 1\nfake_metric{x=\""), 1, 1);
         let t = m.render();
         let series = t
             .lines()
@@ -276,9 +283,22 @@ mod tests {
         );
         assert!(t.contains("attach_tokens_total{direction=\"prompt\",model=\"model-0\"} 11"));
         assert!(
-            t.contains("attach_tokens_total{direction=\"completion\",model=\"other\"} 137"),
+            t.contains("attach_tokens_total{direction=\"completion\",model=\"other\"} 136"),
             "{t}"
         );
-        assert!(!t.contains("fake_metric"));
+    }
+
+    #[test]
+    fn model_labels_are_escaped() {
+        let m = Metrics::default();
+        m.tokens(Some("evil\"} 1\nfake_metric{x=\""), 1, 2);
+        let t = m.render();
+        assert!(
+            t.contains(
+                "attach_tokens_total{direction=\"prompt\",model=\"evil_} 1_fake_metric{x=_\"} 1\n"
+            ),
+            "{t}"
+        );
+        assert!(!t.lines().any(|l| l.starts_with("fake_metric")), "{t}");
     }
 }

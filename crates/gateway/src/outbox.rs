@@ -227,6 +227,8 @@ impl Stats {
 pub struct Outbox<T> {
     tx: mpsc::Sender<T>,
     journal: Arc<Journal<T>>,
+    /// Items that found the queue full, waiting for one journal append.
+    overflow: Arc<std::sync::Mutex<Vec<T>>>,
     /// Counters.
     pub stats: Arc<Stats>,
 }
@@ -236,6 +238,7 @@ impl<T> Clone for Outbox<T> {
         Outbox {
             tx: self.tx.clone(),
             journal: self.journal.clone(),
+            overflow: self.overflow.clone(),
             stats: self.stats.clone(),
         }
     }
@@ -259,7 +262,16 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Outbox<T> {
         let stats = Arc::new(Stats::default());
         let journal = Arc::new(Journal::new(journal));
         let task = tokio::spawn(run(sink, journal.clone(), rx, stats.clone()));
-        (Outbox { tx, journal, stats }, task)
+        let overflow = Arc::default();
+        (
+            Outbox {
+                tx,
+                journal,
+                overflow,
+                stats,
+            },
+            task,
+        )
     }
 
     /// Queues an item without waiting; when the queue is full it goes to the journal.
@@ -271,15 +283,39 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Outbox<T> {
             Err(
                 mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item),
             ) => {
-                let (journal, stats) = (self.journal.clone(), self.stats.clone());
-                tokio::spawn(async move {
-                    match journal.append(vec![item]).await {
-                        Ok(()) => {
-                            stats.journaled.fetch_add(1, Ordering::Relaxed);
+                // Group commit: items that overflow meanwhile join one append (one
+                // fsync), taken by a single flusher task.
+                let first = {
+                    let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+                    o.push(item);
+                    o.len() == 1
+                };
+                if first {
+                    let (overflow, journal, stats) = (
+                        self.overflow.clone(),
+                        self.journal.clone(),
+                        self.stats.clone(),
+                    );
+                    tokio::spawn(async move {
+                        loop {
+                            let items = std::mem::take(
+                                &mut *overflow.lock().unwrap_or_else(|e| e.into_inner()),
+                            );
+                            let n = items.len();
+                            if n == 0 {
+                                return;
+                            }
+                            match journal.append(items).await {
+                                Ok(()) => {
+                                    stats.journaled.fetch_add(n as i64, Ordering::Relaxed);
+                                }
+                                Err(e) => crate::log(format_args!(
+                                    "outbox: journal write failed, {n} items lost: {e}"
+                                )),
+                            }
                         }
-                        Err(e) => crate::log(format_args!("outbox: journal write failed: {e}")),
-                    }
-                });
+                    });
+                }
             }
         }
     }

@@ -93,6 +93,23 @@ async fn decisions_are_chained_signed_and_verifiable() {
         .await
         .unwrap();
     assert_eq!(erased.status(), 200);
+    for (path, body) in [
+        ("spaces", json!({"name": "team"})),
+        (
+            "spaces/team/members",
+            json!({"principal": "key:carol", "right": "read"}),
+        ),
+    ] {
+        let r = c
+            .post(format!("{base}/attach/v1/memory/{path}"))
+            .bearer_auth(&alice)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
     gw.shutdown(std::time::Duration::from_secs(5)).await;
 
     // The trail verifies with the published stamp key, and ends signed.
@@ -124,6 +141,14 @@ async fn decisions_are_chained_signed_and_verifiable() {
     ] {
         assert!(kinds.contains(&k), "{k} in {kinds:?}");
     }
+    let member = records
+        .iter()
+        .find(|r| r["kind"] == "space.member_changed")
+        .expect("adding a member is audited");
+    assert_eq!(
+        member["details"],
+        json!({"space": "team", "member": "key:carol", "right": "read"})
+    );
     let accepted = records
         .iter()
         .find(|r| r["kind"] == "auth.accepted" && r["request_id"] == accepted_id.as_str())

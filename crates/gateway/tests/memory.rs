@@ -1090,10 +1090,9 @@ async fn recall_session_without_a_session_label_recalls_no_labelled_session() {
         )
         .await;
     let got = injected(&env.up.by_request_id(&rid));
-    assert!(
-        got.as_deref()
-            .is_none_or(|m| !m.contains("The vault code is Heliotrope")),
-        "recall-session without X-Attach-Session recalled session s1: {got:?}"
+    assert_eq!(
+        got, None,
+        "recall-session without X-Attach-Session recalls nothing"
     );
 }
 
@@ -2182,8 +2181,6 @@ async fn the_memory_api_needs_authentication_policy_and_valid_parameters() {
                 None,
             )
             .await;
-        let status = resp.status().as_u16();
-        assert!(status == 400 || status == 403, "{q}: {status}");
         if q.starts_with("space") {
             expect_error(resp, 403, "space_forbidden").await;
         } else {

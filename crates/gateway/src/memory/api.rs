@@ -333,6 +333,17 @@ pub async fn handle(
                 .set_member(&ctx.tenant, name, member, right)
                 .await
                 .map_err(store_error)?;
+            audit(
+                audit_log,
+                oba_audit::Kind::SpaceMemberChanged,
+                principal,
+                request_id,
+                &[
+                    ("space", Value::String((*name).to_owned())),
+                    ("member", Value::String(member.to_owned())),
+                    ("right", Value::String(right.as_str().to_owned())),
+                ],
+            );
             Ok((
                 StatusCode::OK,
                 json!({ "principal": member, "right": right }),
