@@ -115,11 +115,12 @@ pub(crate) fn up(args: UpArgs) -> Result<u8, Failure> {
             k = dir.join("gateway-keys.jsonl").display(),
         );
         crate::gateway_cmd::stopped().await;
-        // Stops the registry, then signs its last audit records.
+        // The gateway first (its in-flight requests may still fetch bot keys from the
+        // registry), then the registry, which signs its last audit records.
+        gateway.shutdown(std::time::Duration::from_secs(10)).await;
         if let Err(e) = registry.shutdown().await {
             eprintln!("registry: {e}");
         }
-        gateway.shutdown(std::time::Duration::from_secs(10)).await;
         Ok(0)
     });
     // The spans of the last requests, exported once the gateway has stopped.

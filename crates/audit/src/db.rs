@@ -16,7 +16,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -121,26 +121,12 @@ impl DbLog {
     }
 
     async fn postgres(url: &str, schema: Option<&str>, create: bool) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| AuditError::Invalid(format!("PostgreSQL URL: {e}")))?;
-        let mut pool_options = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(2));
-        if let Some(schema) = schema {
-            check_schema_name(schema)?;
-            let search_path = format!("\"{schema}\"");
-            pool_options = pool_options.after_connect(move |conn, _meta| {
-                let search_path = search_path.clone();
-                Box::pin(async move {
-                    sqlx::query("SELECT set_config('search_path', $1, false)")
-                        .bind(search_path)
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = pool_options.connect_with(options).await.map_err(pg_err)?;
+        let pool = oba_db::postgres_pool(url, schema, 4)
+            .await
+            .map_err(|e| match e {
+                oba_db::ConnectError::Invalid(m) => AuditError::Invalid(m),
+                oba_db::ConnectError::Database(e) => pg_err(e),
+            })?;
         if create {
             // One simple-protocol message: its statements run as one transaction, which
             // holds the advisory lock until the end.
@@ -313,72 +299,18 @@ impl AuditSink for DbLog {
     }
 }
 
-/// `[A-Za-z_][A-Za-z0-9_]*`, 1 to 63 characters.
-fn check_schema_name(schema: &str) -> Result<()> {
-    let ok = (1..=63).contains(&schema.len())
-        && schema
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && schema
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
+fn map_err(e: sqlx::Error, backend: oba_db::Backend) -> AuditError {
+    if oba_db::is_transient(&e, backend) {
+        AuditError::Unavailable(e.to_string())
     } else {
-        Err(AuditError::Invalid(format!(
-            "schema name {schema:?}: [A-Za-z_][A-Za-z0-9_]*, at most 63 characters"
-        )))
-    }
-}
-
-fn map_sqlx_error(
-    e: sqlx::Error,
-    unavailable: impl FnOnce(&dyn sqlx::error::DatabaseError) -> bool,
-) -> AuditError {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => AuditError::Unavailable(e.to_string()),
-        sqlx::Error::Database(ref db) if unavailable(db.as_ref()) => {
-            AuditError::Unavailable(e.to_string())
-        }
-        e => AuditError::Backend(e.to_string()),
+        AuditError::Backend(e.to_string())
     }
 }
 
 fn sqlite_err(e: sqlx::Error) -> AuditError {
-    map_sqlx_error(e, |db| {
-        // Primary result code = extended code & 0xff: BUSY, LOCKED, IOERR, CANTOPEN.
-        db.code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 14))
-    })
+    map_err(e, oba_db::Backend::Sqlite)
 }
 
 fn pg_err(e: sqlx::Error) -> AuditError {
-    map_sqlx_error(e, |db| {
-        db.code().is_some_and(|c| {
-            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-        })
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schema_names() {
-        assert!(check_schema_name("audit_1").is_ok());
-        for bad in ["", "1a", "a-b", "a\"b", &"x".repeat(64)] {
-            assert!(matches!(
-                check_schema_name(bad),
-                Err(AuditError::Invalid(_))
-            ));
-        }
-    }
+    map_err(e, oba_db::Backend::Postgres)
 }

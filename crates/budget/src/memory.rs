@@ -91,12 +91,16 @@ impl Limiter for MemoryLimiter {
         }
         let state = &mut *state;
         for c in &checks {
-            let used = state.counters.entry(c.id.clone()).or_insert_with(|| {
+            // The key is cloned only for a new window's counter.
+            if !state.counters.contains_key(&c.id) {
                 state
                     .expiry
                     .push(Reverse((c.end_ms.saturating_add(GRACE_MS), c.id.clone())));
-                Usage::default()
-            });
+                state.counters.insert(c.id.clone(), Usage::default());
+            }
+            let Some(used) = state.counters.get_mut(&c.id) else {
+                continue;
+            };
             used.requests = used.requests.saturating_add(1);
             used.tokens = used.tokens.saturating_add(tokens);
         }

@@ -189,6 +189,24 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Journal<T> {
     }
 }
 
+/// The file a SQLite store URL names (`sqlite:PATH` or `sqlite://PATH`, without its
+/// `?query`), or `None` (`sqlite::memory:`, another database).
+pub fn sqlite_file(store: &str) -> Option<&str> {
+    let p = store.strip_prefix("sqlite:")?;
+    let p = p.strip_prefix("//").unwrap_or(p);
+    let p = p.split('?').next().unwrap_or(p);
+    (!p.is_empty() && p != ":memory:").then_some(p)
+}
+
+/// The journal of a store's outbox: `PATH.journal` next to a SQLite file, else
+/// `fallback` in the working directory.
+pub fn default_journal(store: &str, fallback: &str) -> PathBuf {
+    sqlite_file(store).map_or_else(
+        || PathBuf::from(fallback),
+        |p| PathBuf::from(format!("{p}.journal")),
+    )
+}
+
 /// Queue depth and journal counters, for `/metrics` and tests.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -427,6 +445,24 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("condition never met");
+    }
+
+    #[test]
+    fn store_urls_name_their_sqlite_file_and_journal() {
+        for (url, file) in [
+            ("sqlite:m.db", Some("m.db")),
+            ("sqlite://m.db", Some("m.db")),
+            ("sqlite:///var/m.db?mode=rwc", Some("/var/m.db")),
+            ("sqlite::memory:", None),
+            ("postgres://db/x", None),
+        ] {
+            assert_eq!(sqlite_file(url), file, "{url}");
+        }
+        assert_eq!(
+            default_journal("sqlite://m.db", "j"),
+            PathBuf::from("m.db.journal")
+        );
+        assert_eq!(default_journal("postgres://db/x", "j"), PathBuf::from("j"));
     }
 
     #[tokio::test]

@@ -332,7 +332,6 @@ fn memory_message(turns: &[(&str, &str)], budget: usize) -> String {
         .collect();
     attach_gateway::memory::recall::memory_message(&turns, budget)
         .expect("a memory message")
-        .0
 }
 
 /// One recalled entry as the injected message quotes it.

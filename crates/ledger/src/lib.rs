@@ -176,14 +176,11 @@ pub enum LedgerError {
     Backend(String),
 }
 
-fn map_err(e: sqlx::Error) -> LedgerError {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => LedgerError::Unavailable(e.to_string()),
-        e => LedgerError::Backend(e.to_string()),
+fn map_err(e: sqlx::Error, backend: oba_db::Backend) -> LedgerError {
+    if oba_db::is_transient(&e, backend) {
+        LedgerError::Unavailable(e.to_string())
+    } else {
+        LedgerError::Backend(e.to_string())
     }
 }
 
@@ -191,7 +188,7 @@ fn map_err(e: sqlx::Error) -> LedgerError {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pool: AnyPool,
-    postgres: bool,
+    backend: oba_db::Backend,
 }
 
 const COLUMNS: &str = "request_id, time, principal_kind, principal, tenant, agent, user_id, auth_method, session, route, upstream, model, status, prompt_tokens, completion_tokens, exact, latency_us, upstream_ttfb_us, bytes_in, bytes_out, streamed, cancelled";
@@ -207,10 +204,20 @@ impl Ledger {
             url.to_owned()
         } else {
             let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
-            format!("sqlite://{path}?mode=rwc")
+            let sep = if path.contains('?') { '&' } else { '?' };
+            format!("sqlite://{path}{sep}mode=rwc")
+        };
+        let backend = if postgres {
+            oba_db::Backend::Postgres
+        } else {
+            oba_db::Backend::Sqlite
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 8 } else { 1 })
+            // The one SQLite connection is never recycled (`sqlite::memory:` lives as
+            // long as it does).
+            .idle_timeout(postgres.then_some(std::time::Duration::from_secs(600)))
+            .max_lifetime(postgres.then_some(std::time::Duration::from_secs(1800)))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if !postgres {
@@ -231,7 +238,7 @@ impl Ledger {
             .acquire_timeout(std::time::Duration::from_secs(2))
             .connect(&url)
             .await
-            .map_err(map_err)?;
+            .map_err(|e| map_err(e, backend))?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS usage_records (
                 request_id TEXT PRIMARY KEY, time BIGINT NOT NULL, principal_kind TEXT NOT NULL,
@@ -244,18 +251,22 @@ impl Ledger {
         )
         .execute(&pool)
         .await
-        .map_err(map_err)?;
+        .map_err(|e| map_err(e, backend))?;
         sqlx::query("CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time)")
             .execute(&pool)
             .await
-            .map_err(map_err)?;
-        Ok(Ledger { pool, postgres })
+            .map_err(|e| map_err(e, backend))?;
+        Ok(Ledger { pool, backend })
     }
 
     /// Records a batch in one transaction; a request id already recorded is ignored.
     pub async fn record(&self, records: &[UsageRecord]) -> Result<(), LedgerError> {
         let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| map_err(e, self.backend))?;
         // Multi-row inserts: 50 rows (1,100 parameters) a statement.
         for chunk in records.chunks(50) {
             // `$n` placeholders: both SQLite and PostgreSQL take them (`?` is SQLite's).
@@ -295,9 +306,11 @@ impl Ledger {
                     .bind(i32::from(r.streamed))
                     .bind(i32::from(r.cancelled));
             }
-            q.execute(&mut *tx).await.map_err(map_err)?;
+            q.execute(&mut *tx)
+                .await
+                .map_err(|e| map_err(e, self.backend))?;
         }
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(|e| map_err(e, self.backend))
     }
 
     /// The records matching `q` (its `group_by` ignored), oldest first, at most `limit`.
@@ -311,7 +324,10 @@ impl Ledger {
         for b in &binds {
             query = b.bind(query);
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(map_err)?;
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_err(e, self.backend))?;
         let u = |v: i64| u64::try_from(v).unwrap_or(0);
         rows.iter()
             .map(|r| -> Result<UsageRecord, sqlx::Error> {
@@ -341,7 +357,7 @@ impl Ledger {
                 })
             })
             .collect::<Result<_, _>>()
-            .map_err(map_err)
+            .map_err(|e| map_err(e, self.backend))
     }
 
     /// Totals per group, ordered by group.
@@ -353,7 +369,7 @@ impl Ledger {
             // Days since the epoch; formatted below.
             GroupBy::Day => "CAST(time / 86400000 AS TEXT)".to_owned(),
         };
-        let group = if self.postgres && q.group_by == GroupBy::Day {
+        let group = if self.backend == oba_db::Backend::Postgres && q.group_by == GroupBy::Day {
             "CAST(FLOOR(time / 86400000) AS TEXT)".to_owned()
         } else {
             group
@@ -371,22 +387,27 @@ impl Ledger {
         for b in &binds {
             query = b.bind(query);
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(map_err)?;
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_err(e, self.backend))?;
         let u = |v: i64| u64::try_from(v).unwrap_or(0);
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let mut group: String = r.try_get("grp").map_err(map_err)?;
+            let mut group: String = r.try_get("grp").map_err(|e| map_err(e, self.backend))?;
             if q.group_by == GroupBy::Day {
                 group = day(group.parse().unwrap_or(0));
             }
             out.push(ReportRow {
                 group,
-                requests: u(r.try_get("requests").map_err(map_err)?),
-                prompt_tokens: u(r.try_get("p").map_err(map_err)?),
-                completion_tokens: u(r.try_get("c").map_err(map_err)?),
-                estimated: u(r.try_get("est").map_err(map_err)?),
-                errors: u(r.try_get("err").map_err(map_err)?),
-                cancelled: u(r.try_get("can").map_err(map_err)?),
+                requests: u(r
+                    .try_get("requests")
+                    .map_err(|e| map_err(e, self.backend))?),
+                prompt_tokens: u(r.try_get("p").map_err(|e| map_err(e, self.backend))?),
+                completion_tokens: u(r.try_get("c").map_err(|e| map_err(e, self.backend))?),
+                estimated: u(r.try_get("est").map_err(|e| map_err(e, self.backend))?),
+                errors: u(r.try_get("err").map_err(|e| map_err(e, self.backend))?),
+                cancelled: u(r.try_get("can").map_err(|e| map_err(e, self.backend))?),
             });
         }
         Ok(out)
@@ -460,5 +481,25 @@ mod tests {
         assert_eq!(super::day(19_675), "2023-11-14");
         assert_eq!(super::day(11_016), "2000-02-29");
         assert_eq!(super::day(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn a_dropped_connection_is_unavailable_not_a_bad_record() {
+        // The gateway's outbox retries Unavailable and sets Backend errors aside.
+        let e = super::map_err(
+            sqlx::Error::Protocol("connection reset".into()),
+            oba_db::Backend::Postgres,
+        );
+        assert!(matches!(e, super::LedgerError::Unavailable(_)), "{e}");
+        let e = super::map_err(sqlx::Error::RowNotFound, oba_db::Backend::Sqlite);
+        assert!(matches!(e, super::LedgerError::Backend(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_url_with_a_query_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}?cache=shared", dir.path().join("u.db").display());
+        super::Ledger::connect(&url).await.unwrap();
+        assert!(dir.path().join("u.db").exists());
     }
 }

@@ -1203,6 +1203,12 @@ pub async fn erase_principal<S: MemoryStore + ?Sized>(store: &S) {
     );
     check_eq(
         C,
+        "a principal with a NUL has no erasure (and no error)",
+        ok(C, "erased_at", store.erased_at(&t, "user:\0").await),
+        None,
+    );
+    check_eq(
+        C,
         "erase counts",
         erased,
         Erased {

@@ -13,10 +13,7 @@
 //! Only the first 100 000 characters of each of the user and assistant text are
 //! indexed (a `tsvector` is limited to 1 MB).
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use crate::sqlite::{
@@ -100,26 +97,12 @@ impl PgStore {
     /// gives [`StoreError::Unavailable`] rather than a hang. A malformed URL or schema
     /// name gives [`StoreError::Invalid`].
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Invalid(format!("PostgreSQL URL: {e}")))?;
-        let mut pool_options = PgPoolOptions::new()
-            .max_connections(10)
-            .acquire_timeout(Duration::from_secs(2));
-        if let Some(schema) = schema {
-            check_schema_name(schema)?;
-            let search_path = format!("\"{schema}\"");
-            pool_options = pool_options.after_connect(move |conn, _meta| {
-                let search_path = search_path.clone();
-                Box::pin(async move {
-                    sqlx::query("SELECT set_config('search_path', $1, false)")
-                        .bind(search_path)
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = pool_options.connect_with(options).await.map_err(map_err)?;
+        let pool = oba_db::postgres_pool(url, schema, 10)
+            .await
+            .map_err(|e| match e {
+                oba_db::ConnectError::Invalid(m) => StoreError::Invalid(m),
+                oba_db::ConnectError::Database(e) => map_err(e),
+            })?;
         let mut tx = pool.begin().await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(SCHEMA_LOCK)
@@ -149,25 +132,6 @@ impl PgStore {
     async fn fetch_turns(&self, mut qb: QueryBuilder<'_, Postgres>) -> Result<Vec<Turn>> {
         let rows = qb.build().fetch_all(&self.pool).await.map_err(map_err)?;
         rows.iter().map(turn_from_row).collect()
-    }
-}
-
-/// `[A-Za-z_][A-Za-z0-9_]*`, 1 to 63 characters.
-fn check_schema_name(schema: &str) -> Result<()> {
-    let ok = (1..=63).contains(&schema.len())
-        && schema
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && schema
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "schema name {schema:?}: [A-Za-z_][A-Za-z0-9_]*, at most 63 characters"
-        )))
     }
 }
 
@@ -438,6 +402,9 @@ impl MemoryStore for PgStore {
     }
 
     async fn erased_at(&self, tenant: &str, principal: &str) -> Result<Option<i64>> {
+        if any_nul(&[tenant, principal]) {
+            return Ok(None); // no such scope can have been stored
+        }
         sqlx::query_scalar(
             "SELECT erased_at FROM memory_erasures WHERE tenant = $1 AND principal = $2",
         )
@@ -673,32 +640,14 @@ impl MemoryStore for PgStore {
     }
 }
 
-/// Maps a PostgreSQL error: connection exceptions (SQLSTATE class 08), server shutdown
-/// or start-up (57P01-57P03), too many connections (53300), I/O, pool timeouts and a
-/// closed pool are [`StoreError::Unavailable`].
+/// Maps a PostgreSQL error ([`oba_db::is_transient`] → [`StoreError::Unavailable`]).
 fn map_err(e: sqlx::Error) -> StoreError {
-    map_sqlx_error(e, |db| {
-        db.code().is_some_and(|c| {
-            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-        })
-    })
+    map_sqlx_error(e, oba_db::Backend::Postgres)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schema_names() {
-        assert!(check_schema_name("mem_123").is_ok());
-        assert!(check_schema_name("_x").is_ok());
-        for bad in ["", "1abc", "a-b", "a\"b", "a b", &"x".repeat(64)] {
-            assert!(
-                matches!(check_schema_name(bad), Err(StoreError::Invalid(_))),
-                "{bad:?}"
-            );
-        }
-    }
 
     #[test]
     fn nul_is_invalid() {

@@ -607,15 +607,9 @@ impl MemoryStore for SqliteStore {
     }
 }
 
-/// Maps a SQLite error: busy, locked, I/O and open errors, pool timeouts and a closed
-/// pool are [`StoreError::Unavailable`].
+/// Maps a SQLite error ([`oba_db::is_transient`] → [`StoreError::Unavailable`]).
 fn map_err(e: sqlx::Error) -> StoreError {
-    map_sqlx_error(e, |db| {
-        // Primary result code = extended code & 0xff: BUSY, LOCKED, IOERR, CANTOPEN.
-        db.code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 14))
-    })
+    map_sqlx_error(e, oba_db::Backend::Sqlite)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -631,27 +625,15 @@ pub(crate) fn query_words(query: &str) -> Vec<String> {
         .collect()
 }
 
-/// Maps a sqlx error; `unavailable` says whether a database error means the store is
-/// (temporarily) unreachable.
-pub(crate) fn map_sqlx_error(
-    e: sqlx::Error,
-    unavailable: impl FnOnce(&dyn sqlx::error::DatabaseError) -> bool,
-) -> StoreError {
+/// Maps a sqlx error: transient ones ([`oba_db::is_transient`]) are
+/// [`StoreError::Unavailable`], unique violations [`StoreError::Conflict`].
+pub(crate) fn map_sqlx_error(e: sqlx::Error, backend: oba_db::Backend) -> StoreError {
+    if oba_db::is_transient(&e, backend) {
+        return StoreError::Unavailable(e.to_string());
+    }
     match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
-        sqlx::Error::Database(ref db) => {
-            if unavailable(db.as_ref()) {
-                StoreError::Unavailable(e.to_string())
-            } else if db.is_unique_violation() {
-                StoreError::Conflict(e.to_string())
-            } else {
-                StoreError::Backend(e.to_string())
-            }
+        sqlx::Error::Database(ref db) if db.is_unique_violation() => {
+            StoreError::Conflict(e.to_string())
         }
         e => StoreError::Backend(e.to_string()),
     }

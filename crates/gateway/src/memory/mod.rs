@@ -55,8 +55,6 @@ pub type Refusal = (StatusCode, &'static str, String);
 pub struct Plan {
     /// The chat route.
     pub route: ChatRoute,
-    /// Record the turn.
-    pub write: bool,
     /// Recall earlier turns.
     pub recall: bool,
     /// Recall only from this session.
@@ -111,12 +109,7 @@ pub fn valid_label(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use oba_audit::now_ms;
 
 impl Memory {
     /// Opens the store named in `config` and starts the writer.
@@ -124,36 +117,35 @@ impl Memory {
         config: MemoryConfig,
         embedder: Option<embed::Embedder>,
     ) -> Result<(Memory, tokio::task::JoinHandle<()>), String> {
-        let store: Arc<dyn MemoryStore> = if let Some(path) = config.store.strip_prefix("sqlite:") {
-            if path == ":memory:" {
-                Arc::new(
-                    oba_memory::sqlite::SqliteStore::in_memory()
-                        .await
-                        .map_err(|e| e.to_string())?,
-                )
-            } else {
+        let store: Arc<dyn MemoryStore> =
+            if let Some(path) = crate::outbox::sqlite_file(&config.store) {
                 Arc::new(
                     oba_memory::sqlite::SqliteStore::open(std::path::Path::new(path))
                         .await
                         .map_err(|e| e.to_string())?,
                 )
-            }
-        } else if config.store.starts_with("postgres://")
-            || config.store.starts_with("postgresql://")
-        {
-            Arc::new(
-                oba_memory::postgres::PgStore::connect(
-                    &config.store,
-                    config.postgres_schema.as_deref(),
+            } else if config.store.starts_with("sqlite:") {
+                Arc::new(
+                    oba_memory::sqlite::SqliteStore::in_memory()
+                        .await
+                        .map_err(|e| e.to_string())?,
                 )
-                .await
-                .map_err(|e| e.to_string())?,
-            )
-        } else {
-            return Err(
-                "memory.store must be sqlite:PATH, sqlite::memory: or a postgres:// URL".into(),
-            );
-        };
+            } else if config.store.starts_with("postgres://")
+                || config.store.starts_with("postgresql://")
+            {
+                Arc::new(
+                    oba_memory::postgres::PgStore::connect(
+                        &config.store,
+                        config.postgres_schema.as_deref(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?,
+                )
+            } else {
+                return Err(
+                    "memory.store must be sqlite:PATH, sqlite::memory: or a postgres:// URL".into(),
+                );
+            };
         Ok(Self::with_store(config, store, embedder))
     }
 
@@ -164,14 +156,9 @@ impl Memory {
         embedder: Option<embed::Embedder>,
     ) -> (Memory, tokio::task::JoinHandle<()>) {
         let embedder = embedder.map(Arc::new);
-        let journal =
-            config
-                .journal
-                .clone()
-                .unwrap_or_else(|| match config.store.strip_prefix("sqlite:") {
-                    Some(p) if p != ":memory:" => std::path::PathBuf::from(format!("{p}.journal")),
-                    _ => std::path::PathBuf::from("attach-memory.journal"),
-                });
+        let journal = config.journal.clone().unwrap_or_else(|| {
+            crate::outbox::default_journal(&config.store, "attach-memory.journal")
+        });
         let sink = writer::TurnSink {
             store: store.clone(),
             embedder: embedder.clone(),
@@ -291,7 +278,6 @@ impl Memory {
         };
         Ok(Some(Plan {
             route,
-            write: true,
             recall: mode == MemoryMode::Recall,
             session_only,
             tenant,
@@ -349,7 +335,6 @@ impl Memory {
             match self.vector_recall(e, plan, query, &filter).await {
                 Ok(turns) => {
                     return recall::memory_message(&turns, self.config.recall_budget_tokens)
-                        .map(|(m, _)| m)
                 }
                 Err(err) => crate::log(format_args!(
                     "memory: vector recall failed, full-text instead: {err}"
@@ -364,7 +349,7 @@ impl Memory {
             }
         };
         let turns: Vec<Turn> = hits.into_iter().map(|h| h.turn).collect();
-        recall::memory_message(&turns, self.config.recall_budget_tokens).map(|(m, _)| m)
+        recall::memory_message(&turns, self.config.recall_budget_tokens)
     }
 
     /// The best `filter.limit` of the latest turns in scope by similarity to `query`

@@ -56,16 +56,9 @@ impl Metering {
         let ledger = Ledger::connect(&config.store)
             .await
             .map_err(|e| e.to_string())?;
-        let journal =
-            config
-                .journal
-                .clone()
-                .unwrap_or_else(|| match config.store.strip_prefix("sqlite:") {
-                    Some(p) if !p.contains(":memory:") => {
-                        std::path::PathBuf::from(format!("{}.journal", p.trim_start_matches("//")))
-                    }
-                    _ => std::path::PathBuf::from("attach-usage.journal"),
-                });
+        let journal = config.journal.clone().unwrap_or_else(|| {
+            crate::outbox::default_journal(&config.store, "attach-usage.journal")
+        });
         let (outbox, task) = Outbox::start(
             Arc::new(LedgerSink(ledger.clone())),
             journal,
