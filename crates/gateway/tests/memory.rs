@@ -330,8 +330,7 @@ fn memory_message(turns: &[(&str, &str)], budget: usize) -> String {
         .iter()
         .map(|(u, a)| Turn::new("x", "t", "p", "/v1/chat/completions", 0).with_text(u, a))
         .collect();
-    attach_gateway::memory::recall::memory_message(&turns, budget)
-        .expect("a memory message")
+    attach_gateway::memory::recall::memory_message(&turns, budget).expect("a memory message")
 }
 
 /// One recalled entry as the injected message quotes it.
