@@ -17,8 +17,10 @@ use oba_httpsig::{Algorithm, Signer};
 
 const CHAT: &str = r#"{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}"#;
 
+/// Serves `app` on a loopback port. The backlog is what model servers use (Go's
+/// net/http takes `net.core.somaxconn`; uvicorn 2048).
 async fn serve(app: axum::Router) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let l = attach_gateway::bind("127.0.0.1:0", 4096)
         .await
         .expect("bind");
     let url = format!("http://{}", l.local_addr().expect("addr"));
@@ -112,7 +114,7 @@ async fn stack() -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     // An OIDC issuer.
     let idp = Jwk::generate(Algorithm::Ed25519)?;
     let idp_public = serde_json::to_value(idp.public()?)?;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let l = attach_gateway::bind("127.0.0.1:0", 4096).await?;
     let issuer = format!("http://{}", l.local_addr()?);
     let iss = issuer.clone();
     let idp_app = axum::Router::new()
@@ -318,6 +320,13 @@ async fn closed(url: &str, auth: &Auth, workers: usize, secs: u64) -> Stats {
     stats(lat, errors, start.elapsed())
 }
 
+/// Connections the load generator keeps open to each target in the open-loop
+/// comparisons (as wrk2's `-c`): a request waits for one when all are busy. Without a
+/// bound, the client opens a connection for every request that finds none idle, and a
+/// few milliseconds' stall of either process turns into a storm of thousands of new
+/// connections that the stack then pays for.
+const OPEN_LOOP_CONNECTIONS: usize = 64;
+
 /// Open loop at `rate` requests per second, alternating one-second windows between
 /// `a` and `b` (`windows` each, after an uncounted warm-up second each that opens the
 /// connections the rate needs). Returns, for each, the pooled statistics and the median
@@ -330,10 +339,17 @@ async fn open(
     rate: f64,
     windows: usize,
 ) -> [(Stats, Duration); 2] {
-    let clients = [reqwest::Client::new(), reqwest::Client::new()];
+    let target = || Target {
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(OPEN_LOOP_CONNECTIONS)
+            .build()
+            .expect("client"),
+        slots: Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_CONNECTIONS)),
+    };
+    let clients = [target(), target()];
     let targets = [a, b];
-    for (client, (url, auth)) in clients.iter().zip(targets) {
-        paced(client, url, auth, rate).await;
+    for (t, (url, auth)) in clients.iter().zip(targets) {
+        paced(t, url, auth, rate).await;
     }
     let mut pooled: [(Vec<Duration>, usize); 2] = Default::default();
     let mut p99s: [Vec<Duration>; 2] = Default::default();
@@ -354,15 +370,17 @@ async fn open(
     out
 }
 
+/// A client with a fixed number of connections.
+struct Target {
+    client: reqwest::Client,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
 /// One second at `rate`, arrivals paced by an OS thread (tokio's timer has a 1 ms
 /// resolution, which would send the requests in bursts every millisecond instead of
-/// evenly spaced). Returns the latencies and the error count.
-async fn paced(
-    client: &reqwest::Client,
-    url: &str,
-    auth: &Auth,
-    rate: f64,
-) -> (Vec<Duration>, usize) {
+/// evenly spaced). A request's latency runs from its arrival, so it includes any wait
+/// for a free connection. Returns the latencies and the error count.
+async fn paced(target: &Target, url: &str, auth: &Auth, rate: f64) -> (Vec<Duration>, usize) {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total = rate as u64;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -381,8 +399,13 @@ async fn paced(
     });
     let mut tasks = Vec::new();
     while rx.recv().await.is_some() {
-        let (client, url, auth) = (client.clone(), url.to_owned(), auth.clone());
-        tasks.push(tokio::spawn(async move { one(&client, &url, &auth).await }));
+        let (client, slots) = (target.client.clone(), target.slots.clone());
+        let (url, auth) = (url.to_owned(), auth.clone());
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let _slot = slots.acquire_owned().await.map_err(|e| e.to_string())?;
+            one(&client, &url, &auth).await.map(|_| start.elapsed())
+        }));
     }
     let (mut lat, mut errors) = (Vec::new(), 0);
     let mut first_error = None;
@@ -433,9 +456,82 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// How the two processes share the machine.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// The stack on CPU 1, the generator on CPU 0 (`taskset`, two or more cores).
+    pin: bool,
+    /// Both at SCHED_FIFO priority 10 (`chrt`, needs root), so the machine's other
+    /// services, at normal priority, wait instead of preempting them.
+    realtime: bool,
+}
+
+impl Layout {
+    /// Pins and prioritises this process (before its runtime starts, so the runtime's
+    /// threads inherit both) and notes what took effect.
+    fn apply(realtime: bool) -> Self {
+        let run = |cmd: &str, args: &[&str]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let pid = std::process::id().to_string();
+        let pin = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+            && run("taskset", &["-p", "-c", "0", &pid]);
+        let realtime = realtime && run("chrt", &["-f", "-p", "10", &pid]);
+        Layout { pin, realtime }
+    }
+
+    fn describe(self) -> String {
+        let mut s = if self.pin {
+            "stack pinned to CPU 1, load generator to CPU 0, one tokio worker each".to_owned()
+        } else {
+            "not pinned".to_owned()
+        };
+        if self.realtime {
+            s.push_str(", both at SCHED_FIFO 10");
+        }
+        s
+    }
+
+    /// Starts the stack in a child process laid out the same way; returns it (killed
+    /// on drop) and the URLs and credentials it printed.
+    fn spawn_stack(self) -> Result<(Child, serde_json::Value), Box<dyn std::error::Error>> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe()?.display().to_string();
+        let mut argv: Vec<&str> = Vec::new();
+        if self.pin {
+            argv.extend(["taskset", "-c", "1"]);
+        }
+        if self.realtime {
+            argv.extend(["chrt", "-f", "10"]);
+        }
+        argv.push(&exe);
+        let mut child = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .arg("serve-stack")
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let child = Child(child);
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        Ok((child, serde_json::from_str(&line)?))
+    }
+}
+
+const USAGE: &str =
+    "usage: cargo run --release -p xtask -- bench-gateway [SECONDS] [CONCURRENCY] [--realtime]
+       cargo run --release -p xtask -- bench-gateway-tail [WINDOWS] [RATE] [--realtime]";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let realtime = args.iter().any(|a| a == "--realtime");
+    args.retain(|a| a != "--realtime");
+    let num = |i: usize| args.get(i).and_then(|a| a.parse::<f64>().ok());
+    match args.first().map(String::as_str) {
         Some("serve-stack") => runtime()?.block_on(async {
             let info = stack().await?;
             println!("{info}");
@@ -443,22 +539,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }),
         Some("bench-gateway") => {
-            let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
-            let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
-            // With two or more cores and `taskset`, the stack gets CPU 1 and the
-            // generator CPU 0, so neither steals time from the other.
-            let pin = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
-                && std::process::Command::new("taskset")
-                    .args(["-p", "-c", "0", &std::process::id().to_string()])
-                    .stdout(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-            runtime()?.block_on(bench(secs, workers, pin))
+            let secs = num(1).map_or(5, |n| n as u64);
+            let workers = num(2).map_or(16, |n| n as usize);
+            let layout = Layout::apply(realtime);
+            runtime()?.block_on(bench(secs, workers, layout))
+        }
+        Some("bench-gateway-tail") => {
+            let windows = num(1).map_or(10, |n| n as usize);
+            let rate = num(2).unwrap_or(0.0);
+            let layout = Layout::apply(realtime);
+            runtime()?.block_on(tail(windows, rate, layout))
         }
         _ => {
-            eprintln!(
-                "usage: cargo run --release -p xtask -- bench-gateway [SECONDS] [CONCURRENCY]"
-            );
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     }
@@ -542,26 +635,38 @@ impl Drop for Child {
     }
 }
 
+/// The half-load comparison alone (direct against the gateway with an API key), at
+/// `rate` or at half the gateway's closed-loop maximum: a quick way to study the tail.
+async fn tail(windows: usize, rate: f64, layout: Layout) -> Result<(), Box<dyn std::error::Error>> {
+    let (_child, info) = layout.spawn_stack()?;
+    let s = |k: &str| info[k].as_str().unwrap_or_default().to_owned();
+    let (direct, through) = (s("direct"), s("gateway"));
+    let key = Auth::ApiKey(s("api_key"));
+    let rate = if rate > 0.0 {
+        rate
+    } else {
+        closed(&through, &key, 16, 3).await.rps / 2.0
+    };
+    println!("{}", layout.describe());
+    compare(
+        format!("{rate:.0} req/s, {windows} one-second windows each, interleaved:"),
+        rate,
+        ("upstream directly", direct.as_str(), Auth::None),
+        ("gateway, API key", through.as_str(), key),
+        windows,
+    )
+    .await;
+    Ok(())
+}
+
 /// The load generator, in this process; the stack (model server, directory, issuer,
 /// gateway) in a child process, so the two do not share a runtime.
-async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::error::Error>> {
-    use std::io::BufRead;
-    let exe = std::env::current_exe()?;
-    let mut command = if pin {
-        let mut c = std::process::Command::new("taskset");
-        c.args(["-c", "1"]).arg(&exe);
-        c
-    } else {
-        std::process::Command::new(&exe)
-    };
-    let mut child = command
-        .arg("serve-stack")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
-    let _child = Child(child);
-    let info: serde_json::Value = serde_json::from_str(&line)?;
+async fn bench(
+    secs: u64,
+    workers: usize,
+    layout: Layout,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (_child, info) = layout.spawn_stack()?;
     let s = |k: &str| info[k].as_str().unwrap_or_default().to_owned();
     let (direct, through, api_key, jwt) = (s("direct"), s("gateway"), s("api_key"), s("jwt"));
     let through_memory = s("gateway_memory");
@@ -582,12 +687,10 @@ async fn bench(secs: u64, workers: usize, pin: bool) -> Result<(), Box<dyn std::
             .map_err(|e| format!("warm-up failed: {e}"))?;
     }
 
-    let layout = if pin {
-        "stack pinned to CPU 1, load generator to CPU 0, one tokio worker each"
-    } else {
-        "not pinned"
-    };
-    println!("gateway load benchmark: {secs} s per row, {workers} concurrent clients, loopback, {layout}\n");
+    println!(
+        "gateway load benchmark: {secs} s per row, {workers} concurrent clients, loopback, {}\n",
+        layout.describe()
+    );
     println!("| path | req/s | p50 ms | p99 ms | errors |");
     println!("|---|---:|---:|---:|---:|");
     let windows = secs.max(3) as usize;

@@ -355,6 +355,11 @@ pub struct GatewayConfig {
     /// Listen address.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Connections the kernel holds for the gateway before it accepts them (default
+    /// 4096, capped by `net.core.somaxconn`). When a burst of new clients overflows it,
+    /// their SYNs are dropped and each waits a retransmission (about 1 s).
+    #[serde(default = "default_backlog")]
+    pub listen_backlog: u32,
     /// The URL clients reach the gateway at (RFC 9728 metadata, 401 hints).
     #[serde(default)]
     pub public_url: Option<String>,
@@ -445,6 +450,9 @@ fn default_max_tokens() -> u64 {
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
+fn default_backlog() -> u32 {
+    4096
+}
 fn yes() -> bool {
     true
 }
@@ -503,6 +511,10 @@ mod tests {
         assert_eq!(m.tenant_retention_days["acme"], 30);
         assert_eq!(c.service_accounts[0].name, "batch-job");
         assert!(c.require_nonce);
+        assert_eq!(c.listen_backlog, 4096);
+        let small: GatewayConfig = toml::from_str("listen_backlog = 64").unwrap();
+        assert_eq!(small.listen_backlog, 64);
+        assert_eq!(GatewayConfig::default().listen_backlog, 4096);
     }
 
     #[test]

@@ -262,7 +262,7 @@ pub async fn start_with(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let listener = bind(&config.listen, config.listen_backlog).await?;
     let addr = listener.local_addr()?;
     let public_url = config
         .public_url
@@ -511,6 +511,31 @@ async fn watch_api_keys(
         }
         *keys = fresh;
     }
+}
+
+/// Binds a listening socket with room for `backlog` connections not yet accepted (the
+/// kernel caps it at `net.core.somaxconn`). A burst of new connections larger than the
+/// queue has its SYNs dropped, and each such client waits a SYN retransmission (1 s).
+pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(backlog)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr}: no address"),
+        )
+    }))
 }
 
 /// Deletes turns past their tenant's retention, hourly (reads already hide them).

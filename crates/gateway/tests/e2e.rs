@@ -1504,3 +1504,56 @@ async fn start_refuses_bad_configurations() {
         "a private JWK as a service account key is refused"
     );
 }
+
+/// Opens `n` connections at once to `addr` (which does not accept) and counts those the
+/// kernel completed within `wait`.
+async fn connections_completed(addr: std::net::SocketAddr, n: usize, wait: Duration) -> usize {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for t in tasks {
+        if let Ok(Some(stream)) = t.await {
+            // Kept open until all are counted, so each holds its place in the queue.
+            done.push(stream);
+        }
+    }
+    done.len()
+}
+
+#[tokio::test]
+async fn listener_queues_a_burst_larger_than_tokios_default_backlog() {
+    // 1200 connections before one accept: tokio's `TcpListener::bind` queues 1024 and
+    // drops the SYNs of the rest, which then wait seconds for retransmissions.
+    let l = attach_gateway::bind("127.0.0.1:0", 2048).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    assert_eq!(
+        connections_completed(addr, 1200, Duration::from_secs(10)).await,
+        1200
+    );
+}
+
+#[tokio::test]
+async fn listener_backlog_bounds_the_connections_queued_before_accept() {
+    // The negative control: with room for 4, most of 40 are not completed while nobody
+    // accepts (their SYNs are dropped until the queue has room).
+    let l = attach_gateway::bind("127.0.0.1:0", 4).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = connections_completed(addr, 40, Duration::from_millis(1500)).await;
+    assert!(n < 40, "{n} of 40 completed with a backlog of 4");
+    drop(l);
+}
+
+#[tokio::test]
+async fn bind_resolves_names_and_reports_bad_addresses() {
+    let l = attach_gateway::bind("localhost:0", 16).await.unwrap();
+    assert!(l.local_addr().unwrap().ip().is_loopback());
+    assert!(attach_gateway::bind("not an address", 16).await.is_err());
+}
