@@ -409,6 +409,12 @@ pub struct GatewayConfig {
     /// Largest request body, bytes (default 10 MiB).
     #[serde(default = "default_max_body")]
     pub max_body: usize,
+    /// Connections to each upstream at most (default 1024): a request that finds them
+    /// all busy waits, within the first-byte timeout, for one to be free (then 503
+    /// `upstream_saturated`). Without a bound, a stall turns into a burst of new
+    /// connections, one per waiting request, that the model server must accept.
+    #[serde(default = "default_max_upstream_connections")]
+    pub max_upstream_connections: usize,
     /// Upstream connect timeout, seconds (default 5).
     #[serde(default = "default_connect")]
     pub connect_timeout_secs: u64,
@@ -449,6 +455,9 @@ fn default_max_tokens() -> u64 {
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+fn default_max_upstream_connections() -> usize {
+    1024
 }
 fn default_backlog() -> u32 {
     4096
@@ -512,6 +521,7 @@ mod tests {
         assert_eq!(c.service_accounts[0].name, "batch-job");
         assert!(c.require_nonce);
         assert_eq!(c.listen_backlog, 4096);
+        assert_eq!(c.max_upstream_connections, 1024);
         let small: GatewayConfig = toml::from_str("listen_backlog = 64").unwrap();
         assert_eq!(small.listen_backlog, 64);
         assert_eq!(GatewayConfig::default().listen_backlog, 4096);

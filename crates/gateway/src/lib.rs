@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +97,8 @@ struct Inner {
     auth: identity::Authenticator,
     stamp: Arc<stamp::Stamper>,
     http: reqwest::Client,
+    /// Per upstream (by name): one permit per connection it may have in use.
+    upstream_slots: HashMap<String, Arc<tokio::sync::Semaphore>>,
     public_url: String,
     /// Turns true when the gateway shuts down.
     closing: tokio::sync::watch::Receiver<bool>,
@@ -258,6 +261,7 @@ pub async fn start_with(
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
         .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(config.max_upstream_connections)
         .read_timeout(Duration::from_secs(config.idle_timeout_secs))
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -325,6 +329,19 @@ pub async fn start_with(
         )
     };
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    if config.max_upstream_connections == 0 {
+        return Err(Error::Config(
+            "max_upstream_connections must be at least 1".into(),
+        ));
+    }
+    let upstream_slots = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let slots = tokio::sync::Semaphore::new(config.max_upstream_connections);
+            (u.name.clone(), Arc::new(slots))
+        })
+        .collect();
     let state = AppState(Arc::new(Inner {
         closing: closing_rx,
         audit: audit.clone(),
@@ -344,6 +361,7 @@ pub async fn start_with(
         },
         stamp,
         http,
+        upstream_slots,
         public_url,
         config,
         metrics: Arc::new(metrics::Metrics::default()),
@@ -1154,34 +1172,46 @@ async fn proxy_inner(
     }
     // W3C trace context: the caller's trace continues through this hop.
     req = req.header("traceparent", ids.traceparent.as_str());
-    let send = req.body(body).send();
-    let resp =
-        match tokio::time::timeout(Duration::from_secs(s.config.first_byte_timeout_secs), send)
-            .await
-        {
-            Err(_) => {
-                return fail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    "the model server did not answer in time",
-                )
+    // A connection to the upstream, waited for when all are busy; held until the
+    // response body ends (a stream holds its connection to the end).
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(s.config.first_byte_timeout_secs);
+    let slots = s.upstream_slots.get(&upstream.name).cloned();
+    let slot = match slots.map(|x| tokio::time::timeout_at(deadline, x.acquire_owned())) {
+        Some(wait) => match wait.await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                let mut r = fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_saturated",
+                    "every connection to the model server stayed busy",
+                );
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+                return r;
             }
-            Ok(Err(e)) if e.is_timeout() => {
-                return fail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    "the model server did not answer in time",
-                )
-            }
-            Ok(Err(_)) => {
-                return fail(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unavailable",
-                    "the model server cannot be reached",
-                )
-            }
-            Ok(Ok(r)) => r,
-        };
+        },
+        None => None,
+    };
+    let timeout = || {
+        fail(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the model server did not answer in time",
+        )
+    };
+    let resp = match tokio::time::timeout_at(deadline, req.body(body).send()).await {
+        Err(_) => return timeout(),
+        Ok(Err(e)) if e.is_timeout() => return timeout(),
+        Ok(Err(_)) => {
+            return fail(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the model server cannot be reached",
+            )
+        }
+        Ok(Ok(r)) => r,
+    };
     let mut out = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers() {
         // The request id is the gateway's (it is in the stamp); the upstream's is dropped.
@@ -1214,7 +1244,10 @@ async fn proxy_inner(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let stream = resp.bytes_stream();
+    let stream = futures_util::StreamExt::map(resp.bytes_stream(), move |chunk| {
+        let _held = &slot;
+        chunk
+    });
     let turn = s
         .memory
         .as_ref()

@@ -1557,3 +1557,81 @@ async fn bind_resolves_names_and_reports_bad_addresses() {
     assert!(l.local_addr().unwrap().ip().is_loopback());
     assert!(attach_gateway::bind("not an address", 16).await.is_err());
 }
+
+#[tokio::test]
+async fn a_stream_holds_its_upstream_connection_and_a_request_past_the_bound_is_503() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |c| {
+        c.max_upstream_connections = 1;
+        c.first_byte_timeout_secs = 1;
+    })
+    .await;
+    // The one connection: a stream whose first chunk arrived and whose rest is held.
+    let mut held = env.chat(&env.key, chat_body("llama3.1", true)).await;
+    assert_eq!(held.status(), 200);
+    let first = held.chunk().await.expect("first chunk").expect("a chunk");
+    assert!(!first.is_empty());
+    // Another request waits for it, and at the first-byte timeout is refused without
+    // reaching the model server.
+    let (headers, _) = expect_error(
+        env.chat(&env.key, chat_body("llama3.1", false)).await,
+        503,
+        "upstream_saturated",
+    )
+    .await;
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(
+        env.up.hits(),
+        1,
+        "the refused request never reached upstream"
+    );
+    // The stream ends; its connection serves the next request.
+    env.up.state.release.notify_one();
+    while held.chunk().await.expect("rest of the stream").is_some() {}
+    let resp = env.chat(&env.key, chat_body("llama3.1", false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(env.up.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_request_waiting_for_a_connection_is_served_when_one_frees() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |c| {
+        c.max_upstream_connections = 1;
+        c.first_byte_timeout_secs = 10;
+    })
+    .await;
+    let mut held = env.chat(&env.key, chat_body("llama3.1", true)).await;
+    held.chunk().await.expect("first chunk").expect("a chunk");
+    let waiting = tokio::spawn({
+        let (url, key) = (env.url("/v1/chat/completions"), env.key.clone());
+        async move {
+            http()
+                .post(url)
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(chat_body("llama3.1", false))
+                .send()
+                .await
+                .expect("POST chat")
+        }
+    });
+    // Until the stream ends, the second request is queued in the gateway.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    assert_eq!(env.up.hits(), 1);
+    env.up.state.release.notify_one();
+    while held.chunk().await.expect("rest of the stream").is_some() {}
+    let resp = waiting.await.expect("task");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(env.up.hits(), 2);
+}
+
+#[tokio::test]
+async fn zero_upstream_connections_is_a_configuration_error() {
+    let mut cfg = config("http://127.0.0.1:9");
+    cfg.max_upstream_connections = 0;
+    let err = attach_gateway::start(cfg).await.unwrap_err();
+    assert!(
+        err.to_string().contains("max_upstream_connections"),
+        "{err}"
+    );
+}
