@@ -485,7 +485,13 @@ impl Layout {
         let pid = std::process::id().to_string();
         let pin = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
             && run("taskset", &["-p", "-c", "0", &pid]);
-        let realtime = realtime && run("chrt", &["-f", "-p", "10", &pid]);
+        let realtime = realtime && {
+            let ok = run("chrt", &["-f", "-p", "10", &pid]);
+            if !ok {
+                eprintln!("--realtime: chrt failed (root is needed); normal priority");
+            }
+            ok
+        };
         Layout { pin, realtime }
     }
 
@@ -534,7 +540,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let realtime = args.iter().any(|a| a == "--realtime");
     args.retain(|a| a != "--realtime");
-    let num = |i: usize| args.get(i).and_then(|a| a.parse::<f64>().ok());
+    let num = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
     match args.first().map(String::as_str) {
         Some("serve-stack") => runtime()?.block_on(async {
             let info = stack().await?;
@@ -542,21 +548,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::future::pending::<()>().await;
             Ok(())
         }),
-        // Not the full table at real-time priority: the memory and metering writers'
-        // threads would wait behind the proxy, and their rows would measure the queue.
         Some("bench-gateway") if !realtime => {
-            let secs = num(1).map_or(5, |n| n as u64);
-            let workers = num(2).map_or(16, |n| n as usize);
+            let secs = num(1).unwrap_or(5).max(1);
+            let workers = num(2).map_or(16, |n| n.max(1) as usize);
             let layout = Layout::apply(realtime);
             runtime()?.block_on(bench(secs, workers, layout))
         }
         Some("bench-gateway-tail") => {
-            let windows = num(1).map_or(10, |n| n as usize);
-            let rate = num(2).unwrap_or(0.0);
+            let windows = num(1).map_or(10, |n| n.max(1) as usize);
+            let rate = num(2).unwrap_or(0) as f64;
             let layout = Layout::apply(realtime);
             runtime()?.block_on(tail(windows, rate, layout))
         }
         _ => {
+            if realtime {
+                eprintln!("--realtime is for bench-gateway-tail only: at real-time priority the memory and metering writers wait behind the proxy");
+            }
             eprintln!("{USAGE}");
             std::process::exit(2);
         }

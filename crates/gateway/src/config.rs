@@ -409,9 +409,10 @@ pub struct GatewayConfig {
     /// Largest request body, bytes (default 10 MiB).
     #[serde(default = "default_max_body")]
     pub max_body: usize,
-    /// Connections to each upstream at most (default 1024): a request that finds them
-    /// all busy waits, within the first-byte timeout, for one to be free (then 503
-    /// `upstream_saturated`). Without a bound, a stall turns into a burst of new
+    /// Requests in flight to each upstream at most, each on its own HTTP/1 connection
+    /// (default 1024; a stream counts until it ends). A request that finds them all
+    /// busy waits up to the first-byte timeout for one to end, then gets 503
+    /// `upstream_saturated`. Without a bound, a stall turns into a burst of new
     /// connections, one per waiting request, that the model server must accept.
     #[serde(default = "default_max_upstream_connections")]
     pub max_upstream_connections: usize,
@@ -525,6 +526,7 @@ mod tests {
         let small: GatewayConfig = toml::from_str("listen_backlog = 64").unwrap();
         assert_eq!(small.listen_backlog, 64);
         assert_eq!(GatewayConfig::default().listen_backlog, 4096);
+        assert_eq!(GatewayConfig::default().max_upstream_connections, 1024);
     }
 
     #[test]

@@ -12,9 +12,10 @@
 //! 3. **the stamp** ([`stamp`]): client `X-Attach-*` fields removed, the verified identity
 //!    added as `X-Attach-*` and signed (RFC 9421, `tag="attach-gateway"`) with the
 //!    gateway's key, published at `/.well-known/jwks.json`;
-//! 4. **the proxy**: pooled keep-alive upstream connections; responses (SSE, NDJSON)
-//!    streamed back chunk by chunk; upstream down → 502, timeout → 504, JSON errors with a
-//!    request id.
+//! 4. **the proxy**: pooled keep-alive upstream connections, at most
+//!    `max_upstream_connections` in use per upstream (then 503 after waiting); responses
+//!    (SSE, NDJSON) streamed back chunk by chunk; upstream down → 502, timeout → 504,
+//!    JSON errors with a request id.
 //!
 //! 5. **memory** ([`memory`], when configured): each chat turn recorded under the verified
 //!    identity off the request path, earlier turns recalled into the prompt within a
@@ -192,6 +193,12 @@ pub async fn start_with(
     for u in &config.upstreams {
         url::Url::parse(&u.url).map_err(|e| Error::Config(format!("upstream {}: {e}", u.name)))?;
     }
+    if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&config.max_upstream_connections) {
+        return Err(Error::Config(format!(
+            "max_upstream_connections must be from 1 to {}",
+            tokio::sync::Semaphore::MAX_PERMITS
+        )));
+    }
     // The key file's state when it is read: the watcher reloads on any change after.
     let key_file_seen = config.api_key_file.as_deref().map(apikeys::file_state);
     let api_keys = match &config.api_key_file {
@@ -329,11 +336,6 @@ pub async fn start_with(
         )
     };
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
-    if config.max_upstream_connections == 0 {
-        return Err(Error::Config(
-            "max_upstream_connections must be at least 1".into(),
-        ));
-    }
     let upstream_slots = config
         .upstreams
         .iter()
@@ -542,6 +544,9 @@ pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<tokio::net::TcpLi
         } else {
             tokio::net::TcpSocket::new_v6()?
         };
+        // Rebind at once after a restart (TIME_WAIT); on Windows it would let another
+        // process take the port.
+        #[cfg(unix)]
         socket.set_reuseaddr(true)?;
         match socket.bind(a).and_then(|()| socket.listen(backlog)) {
             Ok(l) => return Ok(l),
@@ -1125,7 +1130,25 @@ async fn proxy_inner(
         Some(v) => serde_json::to_vec(v).unwrap_or_default().into(),
         None => body,
     };
-    // 4. The stamp.
+    // 4. A connection to the upstream, waited for (at most the first-byte timeout)
+    // when all are busy, and held until the response body ends: a stream holds its
+    // connection to the end. Before the stamp, so a wait does not age it.
+    let slots = s.upstream_slots[&upstream.name].clone();
+    let wait = Duration::from_secs(s.config.first_byte_timeout_secs);
+    let slot = match tokio::time::timeout(wait, slots.acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            let mut r = fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_saturated",
+                "every connection to the model server stayed busy",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return r;
+        }
+    };
+    // 5. The stamp.
     let target = format!(
         "{}{}",
         upstream.url.trim_end_matches('/'),
@@ -1148,7 +1171,7 @@ async fn proxy_inner(
         Ok(h) => h,
         Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, "stamp_failed", &e),
     };
-    // 5. Forward.
+    // 6. Forward.
     let mut req = s.http.request(method.clone(), &target);
     for (name, value) in &headers {
         let n = name.as_str();
@@ -1172,27 +1195,6 @@ async fn proxy_inner(
     }
     // W3C trace context: the caller's trace continues through this hop.
     req = req.header("traceparent", ids.traceparent.as_str());
-    // A connection to the upstream, waited for when all are busy; held until the
-    // response body ends (a stream holds its connection to the end).
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(s.config.first_byte_timeout_secs);
-    let slots = s.upstream_slots.get(&upstream.name).cloned();
-    let slot = match slots.map(|x| tokio::time::timeout_at(deadline, x.acquire_owned())) {
-        Some(wait) => match wait.await {
-            Ok(Ok(permit)) => Some(permit),
-            _ => {
-                let mut r = fail(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream_saturated",
-                    "every connection to the model server stayed busy",
-                );
-                r.headers_mut()
-                    .insert("retry-after", HeaderValue::from_static("1"));
-                return r;
-            }
-        },
-        None => None,
-    };
     let timeout = || {
         fail(
             StatusCode::GATEWAY_TIMEOUT,
@@ -1200,7 +1202,7 @@ async fn proxy_inner(
             "the model server did not answer in time",
         )
     };
-    let resp = match tokio::time::timeout_at(deadline, req.body(body).send()).await {
+    let resp = match tokio::time::timeout(wait, req.body(body).send()).await {
         Err(_) => return timeout(),
         Ok(Err(e)) if e.is_timeout() => return timeout(),
         Ok(Err(_)) => {

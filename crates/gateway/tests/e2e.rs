@@ -1529,26 +1529,22 @@ async fn connections_completed(addr: std::net::SocketAddr, n: usize, wait: Durat
 }
 
 #[tokio::test]
-async fn listener_queues_a_burst_larger_than_tokios_default_backlog() {
-    // 1200 connections before one accept: tokio's `TcpListener::bind` queues 1024 and
-    // drops the SYNs of the rest, which then wait seconds for retransmissions.
-    let l = attach_gateway::bind("127.0.0.1:0", 2048).await.unwrap();
+async fn listener_queues_as_many_connections_as_its_backlog_before_accept() {
+    // Nobody accepts: the kernel completes backlog + 1 connections and drops the SYNs of
+    // the rest (they would wait for retransmissions, 1 s and more).
+    let l = attach_gateway::bind("127.0.0.1:0", 200).await.unwrap();
     let addr = l.local_addr().unwrap();
     assert_eq!(
-        connections_completed(addr, 1200, Duration::from_secs(10)).await,
-        1200
+        connections_completed(addr, 150, Duration::from_secs(10)).await,
+        150
     );
-}
-
-#[tokio::test]
-async fn listener_backlog_bounds_the_connections_queued_before_accept() {
-    // The negative control: with room for 4, most of 40 are not completed while nobody
-    // accepts (their SYNs are dropped until the queue has room).
-    let l = attach_gateway::bind("127.0.0.1:0", 4).await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let small = attach_gateway::bind("127.0.0.1:0", 4).await.unwrap();
+    let addr = small.local_addr().unwrap();
     let n = connections_completed(addr, 40, Duration::from_millis(1500)).await;
-    assert!(n < 40, "{n} of 40 completed with a backlog of 4");
-    drop(l);
+    assert!(
+        (1..=5).contains(&n),
+        "{n} of 40 completed with a backlog of 4"
+    );
 }
 
 #[tokio::test]
@@ -1621,6 +1617,23 @@ async fn a_request_waiting_for_a_connection_is_served_when_one_frees() {
     env.up.state.release.notify_one();
     while held.chunk().await.expect("rest of the stream").is_some() {}
     let resp = waiting.await.expect("task");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(env.up.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_stream_frees_its_upstream_connection() {
+    let env = KeyEnv::start(vec![tenant_rule("acme")], |c| {
+        c.max_upstream_connections = 1;
+        c.first_byte_timeout_secs = 3;
+    })
+    .await;
+    let mut held = env.chat(&env.key, chat_body("llama3.1", true)).await;
+    held.chunk().await.expect("first chunk").expect("a chunk");
+    drop(held);
+    // The upstream still holds its stream (until released), but the gateway dropped it
+    // with the client: the next request gets the connection.
+    let resp = env.chat(&env.key, chat_body("llama3.1", false)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(env.up.hits(), 2);
 }
