@@ -1554,20 +1554,31 @@ async fn bind_resolves_names_and_reports_bad_addresses() {
     assert!(attach_gateway::bind("not an address", 16).await.is_err());
 }
 
-#[tokio::test]
-async fn a_stream_holds_its_upstream_connection_and_a_request_past_the_bound_is_503() {
+/// A gateway allowed one upstream connection, and a stream holding it: its first chunk
+/// read, the rest held by the upstream until the test releases it.
+async fn one_connection_held(first_byte_timeout_secs: u64) -> (KeyEnv, reqwest::Response) {
     let env = KeyEnv::start(vec![tenant_rule("acme")], |c| {
         c.max_upstream_connections = 1;
-        c.first_byte_timeout_secs = 1;
+        c.first_byte_timeout_secs = first_byte_timeout_secs;
     })
     .await;
-    // The one connection: a stream whose first chunk arrived and whose rest is held.
     let mut held = env.chat(&env.key, chat_body("llama3.1", true)).await;
     assert_eq!(held.status(), 200);
-    let first = held.chunk().await.expect("first chunk").expect("a chunk");
-    assert!(!first.is_empty());
-    // Another request waits for it, and at the first-byte timeout is refused without
-    // reaching the model server.
+    held.chunk().await.expect("first chunk").expect("a chunk");
+    (env, held)
+}
+
+/// Lets the held stream go and reads it to its end.
+async fn finish(env: &KeyEnv, mut held: reqwest::Response) {
+    env.up.state.release.notify_one();
+    while held.chunk().await.expect("rest of the stream").is_some() {}
+}
+
+#[tokio::test]
+async fn a_stream_holds_its_upstream_connection_and_a_request_past_the_bound_is_503() {
+    let (env, held) = one_connection_held(1).await;
+    // Another request waits for the connection, and at the first-byte timeout is
+    // refused without reaching the model server.
     let (headers, _) = expect_error(
         env.chat(&env.key, chat_body("llama3.1", false)).await,
         503,
@@ -1581,8 +1592,7 @@ async fn a_stream_holds_its_upstream_connection_and_a_request_past_the_bound_is_
         "the refused request never reached upstream"
     );
     // The stream ends; its connection serves the next request.
-    env.up.state.release.notify_one();
-    while held.chunk().await.expect("rest of the stream").is_some() {}
+    finish(&env, held).await;
     let resp = env.chat(&env.key, chat_body("llama3.1", false)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(env.up.hits(), 2);
@@ -1590,13 +1600,7 @@ async fn a_stream_holds_its_upstream_connection_and_a_request_past_the_bound_is_
 
 #[tokio::test]
 async fn a_request_waiting_for_a_connection_is_served_when_one_frees() {
-    let env = KeyEnv::start(vec![tenant_rule("acme")], |c| {
-        c.max_upstream_connections = 1;
-        c.first_byte_timeout_secs = 10;
-    })
-    .await;
-    let mut held = env.chat(&env.key, chat_body("llama3.1", true)).await;
-    held.chunk().await.expect("first chunk").expect("a chunk");
+    let (env, held) = one_connection_held(10).await;
     let waiting = tokio::spawn({
         let (url, key) = (env.url("/v1/chat/completions"), env.key.clone());
         async move {
@@ -1614,8 +1618,7 @@ async fn a_request_waiting_for_a_connection_is_served_when_one_frees() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished());
     assert_eq!(env.up.hits(), 1);
-    env.up.state.release.notify_one();
-    while held.chunk().await.expect("rest of the stream").is_some() {}
+    finish(&env, held).await;
     let resp = waiting.await.expect("task");
     assert_eq!(resp.status(), 200);
     assert_eq!(env.up.hits(), 2);
@@ -1623,28 +1626,24 @@ async fn a_request_waiting_for_a_connection_is_served_when_one_frees() {
 
 #[tokio::test]
 async fn a_client_leaving_a_stream_frees_its_upstream_connection() {
-    let env = KeyEnv::start(vec![tenant_rule("acme")], |c| {
-        c.max_upstream_connections = 1;
-        c.first_byte_timeout_secs = 3;
-    })
-    .await;
-    let mut held = env.chat(&env.key, chat_body("llama3.1", true)).await;
-    held.chunk().await.expect("first chunk").expect("a chunk");
-    drop(held);
+    let (env, held) = one_connection_held(3).await;
     // The upstream still holds its stream (until released), but the gateway dropped it
     // with the client: the next request gets the connection.
+    drop(held);
     let resp = env.chat(&env.key, chat_body("llama3.1", false)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(env.up.hits(), 2);
 }
 
 #[tokio::test]
-async fn zero_upstream_connections_is_a_configuration_error() {
-    let mut cfg = config("http://127.0.0.1:9");
-    cfg.max_upstream_connections = 0;
-    let err = attach_gateway::start(cfg).await.unwrap_err();
-    assert!(
-        err.to_string().contains("max_upstream_connections"),
-        "{err}"
-    );
+async fn upstream_connections_out_of_range_are_a_configuration_error() {
+    for n in [0, usize::MAX] {
+        let mut cfg = config("http://127.0.0.1:9");
+        cfg.max_upstream_connections = n;
+        let err = attach_gateway::start(cfg).await.unwrap_err();
+        assert!(
+            err.to_string().contains("max_upstream_connections"),
+            "{n}: {err}"
+        );
+    }
 }
