@@ -99,7 +99,7 @@ struct Inner {
     stamp: Arc<stamp::Stamper>,
     http: reqwest::Client,
     /// Per upstream (by name): one permit per connection it may have in use.
-    upstream_slots: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    upstream_slots: HashMap<String, metrics::UpstreamSlots>,
     public_url: String,
     /// Turns true when the gateway shuts down.
     closing: tokio::sync::watch::Receiver<bool>,
@@ -340,8 +340,8 @@ pub async fn start_with(
         .upstreams
         .iter()
         .map(|u| {
-            let slots = tokio::sync::Semaphore::new(config.max_upstream_connections);
-            (u.name.clone(), Arc::new(slots))
+            let slots = metrics::UpstreamSlots::new(config.max_upstream_connections);
+            (u.name.clone(), slots)
         })
         .collect();
     let state = AppState(Arc::new(Inner {
@@ -385,6 +385,12 @@ pub async fn start_with(
                 if let Some(a) = &s.0.audit {
                     text.push_str(&a.stats().render());
                 }
+                text.push_str(&metrics::UpstreamSlots::render(
+                    s.0.config
+                        .upstreams
+                        .iter()
+                        .filter_map(|u| Some((u.name.as_str(), s.0.upstream_slots.get(&u.name)?))),
+                ));
                 let (jwks_hits, jwks_fetches) = s.0.auth.oidc.cache_stats();
                 text.push_str(&metrics::key_fetches(
                     s.0.directory.cache_hit_count(),
@@ -1133,11 +1139,15 @@ async fn proxy_inner(
     // 4. A connection to the upstream, waited for (at most the first-byte timeout)
     // when all are busy, and held until the response body ends: a stream holds its
     // connection to the end. Before the stamp, so a wait does not age it.
-    let slots = s.upstream_slots[&upstream.name].clone();
+    let slots = &s.upstream_slots[&upstream.name];
     let wait = Duration::from_secs(s.config.first_byte_timeout_secs);
-    let slot = match tokio::time::timeout(wait, slots.acquire_owned()).await {
+    let waiting = slots.wait();
+    let got = tokio::time::timeout(wait, slots.permits.clone().acquire_owned()).await;
+    drop(waiting);
+    let slot = match got {
         Ok(Ok(permit)) => permit,
         _ => {
+            slots.saturated();
             let mut r = fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_saturated",

@@ -32,6 +32,78 @@ impl Hist {
     }
 }
 
+/// The connections one upstream may have in use: a permit per connection, and what the
+/// `/metrics` gauges report about them.
+#[derive(Debug)]
+pub(crate) struct UpstreamSlots {
+    pub(crate) permits: std::sync::Arc<tokio::sync::Semaphore>,
+    max: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+    saturated: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a request as waiting for a connection while it lives.
+pub(crate) struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl UpstreamSlots {
+    pub(crate) fn new(max: usize) -> Self {
+        UpstreamSlots {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            waiting: Default::default(),
+            saturated: Default::default(),
+        }
+    }
+
+    /// Marks a request as waiting until the guard drops (also when its future does).
+    pub(crate) fn wait(&self) -> Waiting<'_> {
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(&self.waiting)
+    }
+
+    /// A request refused after waiting.
+    pub(crate) fn saturated(&self) {
+        self.saturated
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The three series for each upstream, in the order given.
+    pub(crate) fn render<'a>(upstreams: impl Iterator<Item = (&'a str, &'a Self)>) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (mut busy, mut waiting, mut refused) = (String::new(), String::new(), String::new());
+        for (name, u) in upstreams {
+            let name = name.replace(['\\', '"', '\n'], "_");
+            let in_use = u.max - u.permits.available_permits();
+            let _ = writeln!(
+                busy,
+                "attach_upstream_in_flight{{upstream=\"{name}\"}} {in_use}"
+            );
+            let n = u.waiting.load(Relaxed);
+            let _ = writeln!(
+                waiting,
+                "attach_upstream_waiting{{upstream=\"{name}\"}} {n}"
+            );
+            let n = u.saturated.load(Relaxed);
+            let _ = writeln!(
+                refused,
+                "attach_upstream_saturated_total{{upstream=\"{name}\"}} {n}"
+            );
+        }
+        format!(
+            "# HELP attach_upstream_in_flight Requests holding a connection to the upstream (at most max_upstream_connections).\n# TYPE attach_upstream_in_flight gauge\n{busy}\
+             # HELP attach_upstream_waiting Requests waiting for a connection to the upstream.\n# TYPE attach_upstream_waiting gauge\n{waiting}\
+             # HELP attach_upstream_saturated_total Requests refused (503) after waiting for a connection.\n# TYPE attach_upstream_saturated_total counter\n{refused}"
+        )
+    }
+}
+
 /// Key lookups by source (`directory`: Web Bot Auth key directories; `jwks`: OIDC
 /// issuers) and outcome (`hit`: from the cache; `fetch`: over the network).
 pub fn key_fetches(dir_hits: u64, dir_fetches: u64, jwks_hits: u64, jwks_fetches: u64) -> String {
@@ -286,6 +358,29 @@ mod tests {
             t.contains("attach_tokens_total{direction=\"completion\",model=\"other\"} 136"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn upstream_gauges_count_permits_waiters_and_refusals() {
+        let a = UpstreamSlots::new(3);
+        let b = UpstreamSlots::new(1);
+        let _held = a.permits.clone().try_acquire_owned().unwrap();
+        let _w = a.wait();
+        {
+            let _gone = a.wait();
+        }
+        b.saturated();
+        let t = UpstreamSlots::render([("a", &a), ("evil\"} 1\n", &b)].into_iter());
+        for line in [
+            "attach_upstream_in_flight{upstream=\"a\"} 1\n",
+            "attach_upstream_waiting{upstream=\"a\"} 1\n",
+            "attach_upstream_saturated_total{upstream=\"a\"} 0\n",
+            "attach_upstream_in_flight{upstream=\"evil_} 1_\"} 0\n",
+            "attach_upstream_saturated_total{upstream=\"evil_} 1_\"} 1\n",
+            "# TYPE attach_upstream_waiting gauge\n",
+        ] {
+            assert!(t.contains(line), "{line:?} in {t}");
+        }
     }
 
     #[test]

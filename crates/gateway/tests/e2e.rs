@@ -1568,6 +1568,33 @@ async fn one_connection_held(first_byte_timeout_secs: u64) -> (KeyEnv, reqwest::
     (env, held)
 }
 
+/// The gateway's `/metrics` line for `series`, e.g. `attach_upstream_waiting`, of the
+/// test upstream.
+async fn upstream_gauge(env: &KeyEnv, series: &str) -> String {
+    let text = http()
+        .get(env.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics");
+    let prefix = format!("{series}{{upstream=\"test\"}} ");
+    let line = text.lines().find_map(|l| l.strip_prefix(&prefix));
+    line.unwrap_or_else(|| panic!("no {prefix} in {text}"))
+        .to_owned()
+}
+
+/// Waits (at most 10 s) until the gauge reads `value`.
+async fn until_gauge(env: &KeyEnv, series: &str, value: &str) {
+    let reached = tokio::time::timeout(Duration::from_secs(10), async {
+        while upstream_gauge(env, series).await != value {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(reached.await.is_ok(), "{series} never read {value}");
+}
+
 /// Lets the held stream go and reads it to its end.
 async fn finish(env: &KeyEnv, mut held: reqwest::Response) {
     env.up.state.release.notify_one();
@@ -1577,6 +1604,7 @@ async fn finish(env: &KeyEnv, mut held: reqwest::Response) {
 #[tokio::test]
 async fn a_stream_holds_its_upstream_connection_and_a_request_past_the_bound_is_503() {
     let (env, held) = one_connection_held(1).await;
+    assert_eq!(upstream_gauge(&env, "attach_upstream_in_flight").await, "1");
     // Another request waits for the connection, and at the first-byte timeout is
     // refused without reaching the model server.
     let (headers, _) = expect_error(
@@ -1615,7 +1643,7 @@ async fn a_request_waiting_for_a_connection_is_served_when_one_frees() {
         }
     });
     // Until the stream ends, the second request is queued in the gateway.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_gauge(&env, "attach_upstream_waiting", "1").await;
     assert!(!waiting.is_finished());
     assert_eq!(env.up.hits(), 1);
     finish(&env, held).await;
@@ -1632,7 +1660,9 @@ async fn a_client_leaving_a_stream_frees_its_upstream_connection() {
     drop(held);
     let resp = env.chat(&env.key, chat_body("llama3.1", false)).await;
     assert_eq!(resp.status(), 200);
+    resp.bytes().await.expect("body");
     assert_eq!(env.up.hits(), 2);
+    until_gauge(&env, "attach_upstream_in_flight", "0").await;
 }
 
 #[tokio::test]

@@ -443,6 +443,16 @@ fn next_line<'a>(input: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     Some(line.strip_suffix(b"\r").unwrap_or(line))
 }
 
+/// A field value (or an obs-fold continuation of one) without surrounding whitespace;
+/// a bare CR or a NUL is refused (RFC 9110 5.5).
+fn field_value(raw: &[u8]) -> Result<&[u8], Error> {
+    let value = trim_ows(raw);
+    if value.iter().any(|&b| b == b'\r' || b == 0) {
+        return Err(Error::malformed("bare CR or NUL in a field value"));
+    }
+    Ok(value)
+}
+
 fn read_fields(input: &[u8], pos: &mut usize, out: &mut Fields) -> Result<(), Error> {
     while let Some(line) = next_line(input, pos) {
         if line.is_empty() {
@@ -453,7 +463,7 @@ fn read_fields(input: &[u8], pos: &mut usize, out: &mut Fields) -> Result<(), Er
             let (_, v) = out
                 .last_mut()
                 .ok_or_else(|| Error::malformed("continuation line before any field"))?;
-            let cont = trim_ows(line);
+            let cont = field_value(line)?;
             if !cont.is_empty() {
                 if !v.is_empty() {
                     v.push(b' ');
@@ -473,10 +483,7 @@ fn read_fields(input: &[u8], pos: &mut usize, out: &mut Fields) -> Result<(), Er
                 String::from_utf8_lossy(name)
             )));
         }
-        let value = trim_ows(&line[colon + 1..]);
-        if value.iter().any(|&b| b == b'\r' || b == 0) {
-            return Err(Error::malformed("bare CR or NUL in a field value"));
-        }
+        let value = field_value(&line[colon + 1..])?;
         let name = String::from_utf8_lossy(name).into_owned();
         out.push((name, value.to_vec()));
     }

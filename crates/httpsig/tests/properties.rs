@@ -1980,6 +1980,26 @@ fn keys_cover_every_algorithm() {
     }
 }
 
+/// Regression (fixed; was a bug in src/message.rs, `read_fields`, obs-fold branch):
+/// a continuation line skipped the check for a bare CR or NUL that a field line gets,
+/// so `Host:` + ` \0` parsed, and the message printed from it did not (found by
+/// `verify_does_not_panic`). Now both are refused alike.
+#[test]
+fn regression_obs_fold_continuation_refuses_nul_and_bare_cr() {
+    for cont in [&b" \x00"[..], b" a\rb"] {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: \r\n".to_vec();
+        raw.extend_from_slice(cont);
+        raw.extend_from_slice(b"\r\n\r\n");
+        let err = Message::parse(&raw).unwrap_err();
+        assert!(err.to_string().contains("bare CR or NUL"), "{err}");
+    }
+    // The same bytes on the field line itself were already refused.
+    assert!(Message::parse(b"GET / HTTP/1.1\r\nHost: \x00\r\n\r\n").is_err());
+    // A clean continuation still joins.
+    let m = Message::parse(b"GET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n").unwrap();
+    assert_eq!(m.header("x-a").as_deref(), Some("a b"));
+}
+
 /// Regression (fixed; was a bug in src/message.rs, `read_fields`, obs-fold branch): a continuation line is joined
 /// with a single space even when it is blank or the value so far is empty, so the
 /// stored field value keeps leading / trailing whitespace, where RFC 9110 5.5 and
