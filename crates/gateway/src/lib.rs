@@ -513,9 +513,11 @@ async fn watch_api_keys(
             Ok(k) => k,
             Err(e) => {
                 log(format_args!("gateway: API key file not reloaded: {e}"));
+                s.metrics.key_file_reload(false);
                 continue;
             }
         };
+        s.metrics.key_file_reload(true);
         let Ok(mut keys) = s.auth.api_keys.write() else {
             return;
         };

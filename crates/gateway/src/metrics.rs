@@ -132,6 +132,7 @@ pub struct Metrics {
     tokens: Mutex<BTreeMap<String, [u64; 2]>>,
     budget_refusals: Mutex<BTreeMap<&'static str, u64>>,
     disconnects: Mutex<BTreeMap<&'static str, u64>>,
+    key_file_reloads: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, m: &Mutex<BTreeMap<&'static str, Hist>>) {
@@ -232,6 +233,15 @@ impl Metrics {
         }
     }
 
+    /// The API key file changed and was reloaded (`applied`) or, not parsing, refused
+    /// with the keys in force kept (`refused`).
+    pub fn key_file_reload(&self, applied: bool) {
+        if let Ok(mut m) = self.key_file_reloads.lock() {
+            *m.entry(if applied { "applied" } else { "refused" })
+                .or_default() += 1;
+        }
+    }
+
     /// Counts an authentication failure (`reason` is one of the gateway's codes).
     pub fn auth_failure(&self, reason: &str) {
         if let Ok(mut m) = self.auth_failures.lock() {
@@ -296,6 +306,15 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "attach_client_disconnects_total{{counts=\"{counts}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP attach_api_key_file_reloads_total Changes of the API key file, applied or refused (it did not parse; the keys in force stay).\n# TYPE attach_api_key_file_reloads_total counter\n");
+        if let Ok(m) = self.key_file_reloads.lock() {
+            for (outcome, n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "attach_api_key_file_reloads_total{{outcome=\"{outcome}\"}} {n}"
                 );
             }
         }

@@ -268,8 +268,26 @@ async fn key_file_changes_take_effect_and_are_audited() {
     // A key file broken by hand is refused; the keys in force stay.
     let other = attach_gateway::apikeys::create(&keys, "other", None, 0).unwrap();
     wait_for(other.clone(), 200).await;
+    // The watcher reports each refused reload (a partial write seen earlier may have
+    // been one): wait for one more than before instead of guessing a time.
+    let metrics = format!("http://{}/metrics", gw.addr);
+    let refused = || async {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("attach_api_key_file_reloads_total{outcome=\"refused\"} "))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = refused().await;
     std::fs::write(&keys, "not json\n").unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut seen = false;
+    for _ in 0..100 {
+        if refused().await > before {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the broken key file was never refused");
     assert_eq!(
         status(other.clone()).await,
         200,
