@@ -458,8 +458,8 @@ fn serve(config: oba_registry::Config) -> Result<u8, Failure> {
                 registry.audit_keyid
             ),
         };
-        crate::gateway_cmd::stopped().await; // Ctrl-C or SIGTERM
-                                             // Stops serving, then signs the last audit records.
+        // On Ctrl-C or SIGTERM: stops serving, then signs the last audit records.
+        crate::gateway_cmd::stopped().await;
         registry
             .shutdown()
             .await

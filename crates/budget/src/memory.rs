@@ -91,18 +91,20 @@ impl Limiter for MemoryLimiter {
         }
         let state = &mut *state;
         for c in &checks {
-            // The key is cloned only for a new window's counter.
-            if !state.counters.contains_key(&c.id) {
+            if let Some(used) = state.counters.get_mut(&c.id) {
+                used.requests = used.requests.saturating_add(1);
+                used.tokens = used.tokens.saturating_add(tokens);
+            } else {
+                // A new window's counter: the key is cloned only here.
                 state
                     .expiry
                     .push(Reverse((c.end_ms.saturating_add(GRACE_MS), c.id.clone())));
-                state.counters.insert(c.id.clone(), Usage::default());
+                let first = Usage {
+                    requests: 1,
+                    tokens,
+                };
+                state.counters.insert(c.id.clone(), first);
             }
-            let Some(used) = state.counters.get_mut(&c.id) else {
-                continue;
-            };
-            used.requests = used.requests.saturating_add(1);
-            used.tokens = used.tokens.saturating_add(tokens);
         }
         Ok(reservation(checks, tokens))
     }

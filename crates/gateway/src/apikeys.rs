@@ -41,17 +41,6 @@ fn hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Lowercase hex.
-pub(crate) fn hex(b: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(DIGITS[usize::from(x >> 4)] as char);
-        s.push(DIGITS[usize::from(x & 15)] as char);
-    }
-    s
-}
-
 /// The keys a gateway accepts.
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
@@ -156,7 +145,7 @@ pub fn create(path: &Path, name: &str, tenant: Option<&str>, now: i64) -> Result
     let entry = ApiKeyEntry {
         name: name.to_owned(),
         tenant: tenant.map(str::to_owned),
-        hash: hex(&hash(&key)),
+        hash: hex::encode(hash(&key)),
         created_at: now,
         revoked: false,
     };

@@ -28,7 +28,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,7 +99,7 @@ struct Inner {
     stamp: Arc<stamp::Stamper>,
     http: reqwest::Client,
     /// Per upstream (by name): one permit per connection it may have in use.
-    upstream_slots: HashMap<String, metrics::UpstreamSlots>,
+    upstream_slots: BTreeMap<String, metrics::UpstreamSlots>,
     public_url: String,
     /// Turns true when the gateway shuts down.
     closing: tokio::sync::watch::Receiver<bool>,
@@ -385,12 +385,7 @@ pub async fn start_with(
                 if let Some(a) = &s.0.audit {
                     text.push_str(&a.stats().render());
                 }
-                text.push_str(&metrics::UpstreamSlots::render(
-                    s.0.config
-                        .upstreams
-                        .iter()
-                        .filter_map(|u| Some((u.name.as_str(), s.0.upstream_slots.get(&u.name)?))),
-                ));
+                text.push_str(&metrics::UpstreamSlots::render(&s.0.upstream_slots));
                 let (jwks_hits, jwks_fetches) = s.0.auth.oidc.cache_stats();
                 text.push_str(&metrics::key_fetches(
                     s.0.directory.cache_hit_count(),

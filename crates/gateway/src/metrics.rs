@@ -74,8 +74,8 @@ impl UpstreamSlots {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The three series for each upstream, in the order given.
-    pub(crate) fn render<'a>(upstreams: impl Iterator<Item = (&'a str, &'a Self)>) -> String {
+    /// The three series for each upstream (by name).
+    pub(crate) fn render(upstreams: &BTreeMap<String, Self>) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         let (mut busy, mut waiting, mut refused) = (String::new(), String::new(), String::new());
         for (name, u) in upstreams {
@@ -133,6 +133,29 @@ pub struct Metrics {
     budget_refusals: Mutex<BTreeMap<&'static str, u64>>,
     disconnects: Mutex<BTreeMap<&'static str, u64>>,
     key_file_reloads: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A counter with one label (a small, bounded set of values).
+fn counter<K: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    m: &Mutex<BTreeMap<K, u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    if let Ok(m) = m.lock() {
+        for (value, n) in m.iter() {
+            let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+        }
+    }
+}
+
+/// Adds one to `value`'s count.
+fn bump(m: &Mutex<BTreeMap<&'static str, u64>>, value: &'static str) {
+    if let Ok(mut m) = m.lock() {
+        *m.entry(value).or_default() += 1;
+    }
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, m: &Mutex<BTreeMap<&'static str, Hist>>) {
@@ -219,27 +242,22 @@ impl Metrics {
 
     /// A request refused by a budget (`reason`: `requests` or `tokens`).
     pub fn budget_refusal(&self, reason: &'static str) {
-        if let Ok(mut m) = self.budget_refusals.lock() {
-            *m.entry(reason).or_default() += 1;
-        }
+        bump(&self.budget_refusals, reason);
     }
 
     /// A client that left a metered or budgeted response early; `exact`: its counts came
     /// from the upstream (read before it left or drained after).
     pub fn disconnect(&self, exact: bool) {
-        if let Ok(mut m) = self.disconnects.lock() {
-            *m.entry(if exact { "exact" } else { "estimated" })
-                .or_default() += 1;
-        }
+        bump(&self.disconnects, if exact { "exact" } else { "estimated" });
     }
 
     /// The API key file changed and was reloaded (`applied`) or, not parsing, refused
     /// with the keys in force kept (`refused`).
     pub fn key_file_reload(&self, applied: bool) {
-        if let Ok(mut m) = self.key_file_reloads.lock() {
-            *m.entry(if applied { "applied" } else { "refused" })
-                .or_default() += 1;
-        }
+        bump(
+            &self.key_file_reloads,
+            if applied { "applied" } else { "refused" },
+        );
     }
 
     /// Counts an authentication failure (`reason` is one of the gateway's codes).
@@ -261,12 +279,13 @@ impl Metrics {
                 let _ = writeln!(out, "attach_requests_total{{route=\"{route}\",status=\"{status}\",auth_method=\"{method}\"}} {n}");
             }
         }
-        out.push_str("# HELP attach_auth_failures_total Authentication failures by reason.\n# TYPE attach_auth_failures_total counter\n");
-        if let Ok(m) = self.auth_failures.lock() {
-            for (reason, n) in m.iter() {
-                let _ = writeln!(out, "attach_auth_failures_total{{reason=\"{reason}\"}} {n}");
-            }
-        }
+        counter(
+            &mut out,
+            "attach_auth_failures_total",
+            "Authentication failures by reason.",
+            "reason",
+            &self.auth_failures,
+        );
         histogram(
             &mut out,
             "attach_request_duration_seconds",
@@ -291,32 +310,27 @@ impl Metrics {
                 }
             }
         }
-        out.push_str("# HELP attach_budget_refusals_total Requests refused by a budget, by what ran out.\n# TYPE attach_budget_refusals_total counter\n");
-        if let Ok(m) = self.budget_refusals.lock() {
-            for (reason, n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "attach_budget_refusals_total{{reason=\"{reason}\"}} {n}"
-                );
-            }
-        }
-        out.push_str("# HELP attach_client_disconnects_total Metered responses the client left early, by how their tokens were counted.\n# TYPE attach_client_disconnects_total counter\n");
-        if let Ok(m) = self.disconnects.lock() {
-            for (counts, n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "attach_client_disconnects_total{{counts=\"{counts}\"}} {n}"
-                );
-            }
-        }
-        out.push_str("# HELP attach_api_key_file_reloads_total Changes of the API key file, applied or refused (it did not parse; the keys in force stay).\n# TYPE attach_api_key_file_reloads_total counter\n");
-        if let Ok(m) = self.key_file_reloads.lock() {
-            for (outcome, n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "attach_api_key_file_reloads_total{{outcome=\"{outcome}\"}} {n}"
-                );
-            }
+        for (name, help, label, m) in [
+            (
+                "attach_budget_refusals_total",
+                "Requests refused by a budget, by what ran out.",
+                "reason",
+                &self.budget_refusals,
+            ),
+            (
+                "attach_client_disconnects_total",
+                "Metered responses the client left early, by how their tokens were counted.",
+                "counts",
+                &self.disconnects,
+            ),
+            (
+                "attach_api_key_file_reloads_total",
+                "Changes of the API key file, applied or refused (it did not parse; the keys in force stay).",
+                "outcome",
+                &self.key_file_reloads,
+            ),
+        ] {
+            counter(&mut out, name, help, label, m);
         }
         out
     }
@@ -381,15 +395,18 @@ mod tests {
 
     #[test]
     fn upstream_gauges_count_permits_waiters_and_refusals() {
-        let a = UpstreamSlots::new(3);
-        let b = UpstreamSlots::new(1);
+        let slots = BTreeMap::from([
+            ("a".to_owned(), UpstreamSlots::new(3)),
+            ("evil\"} 1\n".to_owned(), UpstreamSlots::new(1)),
+        ]);
+        let (a, b) = (&slots["a"], &slots["evil\"} 1\n"]);
         let _held = a.permits.clone().try_acquire_owned().unwrap();
         let _w = a.wait();
         {
             let _gone = a.wait();
         }
         b.saturated();
-        let t = UpstreamSlots::render([("a", &a), ("evil\"} 1\n", &b)].into_iter());
+        let t = UpstreamSlots::render(&slots);
         for line in [
             "attach_upstream_in_flight{upstream=\"a\"} 1\n",
             "attach_upstream_waiting{upstream=\"a\"} 1\n",

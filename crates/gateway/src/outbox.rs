@@ -245,8 +245,9 @@ impl Stats {
 pub struct Outbox<T> {
     tx: mpsc::Sender<T>,
     journal: Arc<Journal<T>>,
-    /// Items that found the queue full, waiting for one journal append.
-    overflow: Arc<std::sync::Mutex<Vec<T>>>,
+    /// Items that found the queue full, waiting for one journal append, and whether a
+    /// flusher is running (at most one, so the journal keeps their order).
+    overflow: Arc<std::sync::Mutex<(Vec<T>, bool)>>,
     /// Counters.
     pub stats: Arc<Stats>,
 }
@@ -301,14 +302,14 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Outbox<T> {
             Err(
                 mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item),
             ) => {
-                // Group commit: items that overflow meanwhile join one append (one
-                // fsync), taken by a single flusher task.
-                let first = {
+                // Group commit: items that overflow while an append runs join the next
+                // one (one fsync), written by the one flusher task.
+                let start = {
                     let mut o = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
-                    o.push(item);
-                    o.len() == 1
+                    o.0.push(item);
+                    !std::mem::replace(&mut o.1, true)
                 };
-                if first {
+                if start {
                     let (overflow, journal, stats) = (
                         self.overflow.clone(),
                         self.journal.clone(),
@@ -316,13 +317,15 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Outbox<T> {
                     );
                     tokio::spawn(async move {
                         loop {
-                            let items = std::mem::take(
-                                &mut *overflow.lock().unwrap_or_else(|e| e.into_inner()),
-                            );
+                            let items = {
+                                let mut o = overflow.lock().unwrap_or_else(|e| e.into_inner());
+                                if o.0.is_empty() {
+                                    o.1 = false;
+                                    return;
+                                }
+                                std::mem::take(&mut o.0)
+                            };
                             let n = items.len();
-                            if n == 0 {
-                                return;
-                            }
                             match journal.append(items).await {
                                 Ok(()) => {
                                     stats.journaled.fetch_add(n as i64, Ordering::Relaxed);

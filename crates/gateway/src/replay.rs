@@ -63,9 +63,7 @@ impl ReplayStore {
                 use sha2::Digest;
                 // Hash the (scope, nonce) pair: bounded key length, no injection.
                 let h = sha2::Sha256::digest(format!("{scope}\n{nonce}").as_bytes());
-                let key: String = std::iter::once(prefix.clone())
-                    .chain(h.iter().map(|b| format!("{b:02x}")))
-                    .collect();
+                let key = format!("{prefix}{}", hex::encode(h));
                 let ttl_ms = (expires_at.saturating_sub(now)).clamp(1, 86_400) * 1000;
                 let mut conn = conn.clone();
                 let set: Option<String> = redis::cmd("SET")

@@ -170,7 +170,7 @@ pub fn traceparent(incoming: Option<&str>) -> (String, String) {
     let hex = |n: usize| {
         let mut b = vec![0u8; n];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-        crate::apikeys::hex(&b)
+        hex::encode(&b)
     };
     let (trace, flags) = incoming
         .and_then(parse_traceparent)

@@ -259,14 +259,16 @@ impl Ledger {
         Ok(Ledger { pool, backend })
     }
 
+    /// The error mapping for this ledger's database.
+    fn fail(&self) -> impl Fn(sqlx::Error) -> LedgerError {
+        let backend = self.backend;
+        move |e| map_err(e, backend)
+    }
+
     /// Records a batch in one transaction; a request id already recorded is ignored.
     pub async fn record(&self, records: &[UsageRecord]) -> Result<(), LedgerError> {
         let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| map_err(e, self.backend))?;
+        let mut tx = self.pool.begin().await.map_err(self.fail())?;
         // Multi-row inserts: 50 rows (1,100 parameters) a statement.
         for chunk in records.chunks(50) {
             // `$n` placeholders: both SQLite and PostgreSQL take them (`?` is SQLite's).
@@ -306,11 +308,9 @@ impl Ledger {
                     .bind(i32::from(r.streamed))
                     .bind(i32::from(r.cancelled));
             }
-            q.execute(&mut *tx)
-                .await
-                .map_err(|e| map_err(e, self.backend))?;
+            q.execute(&mut *tx).await.map_err(self.fail())?;
         }
-        tx.commit().await.map_err(|e| map_err(e, self.backend))
+        tx.commit().await.map_err(self.fail())
     }
 
     /// The records matching `q` (its `group_by` ignored), oldest first, at most `limit`.
@@ -324,10 +324,7 @@ impl Ledger {
         for b in &binds {
             query = b.bind(query);
         }
-        let rows = query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| map_err(e, self.backend))?;
+        let rows = query.fetch_all(&self.pool).await.map_err(self.fail())?;
         let u = |v: i64| u64::try_from(v).unwrap_or(0);
         rows.iter()
             .map(|r| -> Result<UsageRecord, sqlx::Error> {
@@ -357,7 +354,7 @@ impl Ledger {
                 })
             })
             .collect::<Result<_, _>>()
-            .map_err(|e| map_err(e, self.backend))
+            .map_err(self.fail())
     }
 
     /// Totals per group, ordered by group.
@@ -387,27 +384,22 @@ impl Ledger {
         for b in &binds {
             query = b.bind(query);
         }
-        let rows = query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| map_err(e, self.backend))?;
+        let rows = query.fetch_all(&self.pool).await.map_err(self.fail())?;
         let u = |v: i64| u64::try_from(v).unwrap_or(0);
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let mut group: String = r.try_get("grp").map_err(|e| map_err(e, self.backend))?;
+            let mut group: String = r.try_get("grp").map_err(self.fail())?;
             if q.group_by == GroupBy::Day {
                 group = day(group.parse().unwrap_or(0));
             }
             out.push(ReportRow {
                 group,
-                requests: u(r
-                    .try_get("requests")
-                    .map_err(|e| map_err(e, self.backend))?),
-                prompt_tokens: u(r.try_get("p").map_err(|e| map_err(e, self.backend))?),
-                completion_tokens: u(r.try_get("c").map_err(|e| map_err(e, self.backend))?),
-                estimated: u(r.try_get("est").map_err(|e| map_err(e, self.backend))?),
-                errors: u(r.try_get("err").map_err(|e| map_err(e, self.backend))?),
-                cancelled: u(r.try_get("can").map_err(|e| map_err(e, self.backend))?),
+                requests: u(r.try_get("requests").map_err(self.fail())?),
+                prompt_tokens: u(r.try_get("p").map_err(self.fail())?),
+                completion_tokens: u(r.try_get("c").map_err(self.fail())?),
+                estimated: u(r.try_get("est").map_err(self.fail())?),
+                errors: u(r.try_get("err").map_err(self.fail())?),
+                cancelled: u(r.try_get("can").map_err(self.fail())?),
             });
         }
         Ok(out)

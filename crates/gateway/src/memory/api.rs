@@ -150,6 +150,29 @@ fn audit(
     }
 }
 
+/// A member added, changed (`right`) or removed (`None`) in `space`.
+fn member_changed(
+    log: Option<&oba_audit::AuditLog>,
+    principal: &Principal,
+    request_id: &str,
+    space: &str,
+    member: &str,
+    right: Option<Right>,
+) {
+    let right = right.map_or(Value::Null, |r| Value::String(r.as_str().to_owned()));
+    audit(
+        log,
+        oba_audit::Kind::SpaceMemberChanged,
+        principal,
+        request_id,
+        &[
+            ("space", Value::String(space.to_owned())),
+            ("member", Value::String(member.to_owned())),
+            ("right", right),
+        ],
+    );
+}
+
 /// Handles a memory API request for an authenticated, policy-allowed `principal`;
 /// erasures and membership changes go to the audit trail, when there is one.
 #[allow(clippy::too_many_arguments)]
@@ -333,17 +356,7 @@ pub async fn handle(
                 .set_member(&ctx.tenant, name, member, right)
                 .await
                 .map_err(store_error)?;
-            audit(
-                audit_log,
-                oba_audit::Kind::SpaceMemberChanged,
-                principal,
-                request_id,
-                &[
-                    ("space", Value::String((*name).to_owned())),
-                    ("member", Value::String(member.to_owned())),
-                    ("right", Value::String(right.as_str().to_owned())),
-                ],
-            );
+            member_changed(audit_log, principal, request_id, name, member, Some(right));
             Ok((
                 StatusCode::OK,
                 json!({ "principal": member, "right": right }),
@@ -361,17 +374,7 @@ pub async fn handle(
                 .await
                 .map_err(store_error)?;
             if removed {
-                audit(
-                    audit_log,
-                    oba_audit::Kind::SpaceMemberChanged,
-                    principal,
-                    request_id,
-                    &[
-                        ("space", Value::String((*name).to_owned())),
-                        ("member", Value::String((*member).to_owned())),
-                        ("right", Value::Null),
-                    ],
-                );
+                member_changed(audit_log, principal, request_id, name, member, None);
                 Ok((StatusCode::OK, json!({ "removed": member })))
             } else {
                 Err(not_found())
